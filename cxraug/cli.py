@@ -1,0 +1,342 @@
+"""The ``cxraug`` command line: parses options and calls the stage modules, nothing more.
+
+Stage modules are imported inside each command so that commands which do not need TensorFlow
+(prepare, info, demo-data, augment, inspect, evaluate) never pay for importing it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .errors import CxrError
+
+app = typer.Typer(
+    name="cxraug",
+    help="Expand chest X-ray data sets (NIH ChestX-ray14 format) with synthetic, labelled images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cxraug {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """cxraug: conditional-GAN augmentation for chest X-ray data sets."""
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+class MultiLabel(str, Enum):
+    drop = "drop"
+    keep = "keep"
+
+
+class Layout(str, Enum):
+    flat = "flat"
+    class_folders = "class-folders"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+# --------------------------------------------------------------------------------------- data
+@app.command()
+def prepare(
+    data_root: Annotated[Path, typer.Argument(help="Folder holding the PNGs (searched recursively).")],
+    csv: Annotated[Path, typer.Option(help="NIH label file, e.g. Data_Entry_2017.csv.")],
+    out: Annotated[Path, typer.Option(help="HDF5 cache to write.")] = Path("cache.h5"),
+    size: Annotated[int, typer.Option(help="Output side in pixels.")] = 128,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="No Finding + the K most frequent single-label pathologies.")
+    ] = None,
+    multi_label: Annotated[MultiLabel, typer.Option(help="drop (the paper) or keep (multi-hot).")] = MultiLabel.drop,
+    view: Annotated[str | None, typer.Option(help="Keep only this View Position (PA or AP).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.1,
+    test_fraction: Annotated[float, typer.Option(help="Share of patients for test (without --test-list).")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split.")] = 0,
+    train_val_list: Annotated[Path | None, typer.Option(help="NIH's train_val_list.txt.")] = None,
+    test_list: Annotated[Path | None, typer.Option(help="NIH's test_list.txt.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoder processes (default: all cores).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cache.")] = False,
+) -> None:
+    """Decode NIH PNGs into a fast HDF5 training cache."""
+    from .data.cache import prepare as run_prepare
+
+    result = run_prepare(
+        data_root=data_root, csv=csv, out=out, size=size, classes=_split_list(classes),
+        top_k=top_k, multi_label=multi_label.value, view=view, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, train_val_list=train_val_list,
+        test_list=test_list, workers=workers, overwrite=overwrite,
+    )
+    typer.echo(result.summary())
+
+
+@app.command()
+def info(cache: Annotated[Path, typer.Argument(help="A cache written by `cxraug prepare`.")]) -> None:
+    """Print a cache's counts per class and split."""
+    from .data.cache import describe_cache
+
+    typer.echo(describe_cache(cache))
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Option(help="Folder to create.")],
+    n: Annotated[int, typer.Option(help="Number of images.")] = 2000,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same bytes.")] = 0,
+    multi_label_fraction: Annotated[float, typer.Option(help="Share of multi-label images.")] = 0.1,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing data set.")] = False,
+) -> None:
+    """Make a procedural phantom data set in NIH format (PNGs + Data_Entry_2017.csv)."""
+    from .data.phantom import make_phantom_dataset
+
+    result = make_phantom_dataset(out=out, n=n, size=size, seed=seed,
+                                  multi_label_fraction=multi_label_fraction, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
+# ----------------------------------------------------------------------------------- training
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Cache written by `cxraug prepare`.")],
+    out: Annotated[Path, typer.Option(help="Run folder.")],
+    recipe: Annotated[str, typer.Option(help="Built-in recipe name or path to a .toml.")] = "cxraug-128",
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any field: section.key=value.")
+    ] = None,
+) -> None:
+    """Train a conditional GAN from a recipe."""
+    from .training.recipe import load_recipe
+
+    overrides: dict[str, object] = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CxrError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=10")
+        overrides[key.strip()] = value.strip()
+    for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size), ("train.seed", seed)):
+        if value is not None:
+            overrides[key] = value
+    resolved = load_recipe(recipe, overrides=overrides)
+    from .training.loop import train as run_train
+
+    result = run_train(resolved, data=data, out=out, resume=resume)
+    typer.echo(result.summary())
+
+
+@app.command()
+def sample(
+    run: Annotated[Path, typer.Option(help="Run folder.")],
+    out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("grid.png"),
+    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint (default: latest).")] = None,
+    columns: Annotated[int, typer.Option(help="Latent vectors per class row.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the latent vectors.")] = 0,
+) -> None:
+    """Draw a class-by-latent sample grid from a run's checkpoint."""
+    from .training.sampling import sample_grid
+
+    path = sample_grid(run=run, out=out, checkpoint=checkpoint, columns=columns, seed=seed)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes and every recipe field."""
+    from .training.recipe import available_recipes, field_docs, load_recipe
+
+    for name in available_recipes():
+        typer.echo(f"{name:18s} {load_recipe(name).description}")
+    typer.echo("\nfields:")
+    for key, doc in field_docs().items():
+        typer.echo(f"  {key:24s} {doc}")
+
+
+# ------------------------------------------------------------------------------ export/synth
+@app.command("export-onnx")
+def export_onnx(
+    run: Annotated[Path, typer.Option(help="Run folder.")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint (default: latest).")] = None,
+    fp16: Annotated[bool, typer.Option(help="Also write a float16 copy for GPUs.")] = False,
+) -> None:
+    """Export a run's generator (EMA weights when present) to ONNX, checked against Keras."""
+    from .export.onnx_export import export_run
+
+    result = export_run(run=run, out=out, checkpoint=checkpoint, fp16=fp16)
+    typer.echo(result.summary())
+
+
+@app.command()
+def inspect(model: Annotated[Path, typer.Argument(help="ONNX generator.")]) -> None:
+    """Print an exported generator's model card."""
+    from .synthesis.generator import model_card
+
+    typer.echo(model_card(model))
+
+
+@app.command()
+def augment(
+    model: Annotated[Path, typer.Option(help="ONNX generator from `cxraug export-onnx`.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    real_csv: Annotated[Path | None, typer.Option(help="Real NIH label CSV to balance against.")] = None,
+    data: Annotated[Path | None, typer.Option(help="A cache: count its training split.")] = None,
+    split_list: Annotated[Path | None, typer.Option(help="Count only images in this list (e.g. train_val_list.txt).")] = None,
+    real_root: Annotated[Path | None, typer.Option(help="Folder of the real PNGs, for mixed.csv paths.")] = None,
+    target_per_class: Annotated[int | None, typer.Option(help="Top every class up to N images.")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Generate exactly N images per class.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated subset of the model's classes.")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="A label combination, e.g. 'Effusion|Infiltration' (multi-label models).")] = None,
+    multi_label: Annotated[MultiLabel, typer.Option(help="How real multi-label rows are counted.")] = MultiLabel.drop,
+    output_size: Annotated[int | None, typer.Option(help="Resize outputs, e.g. 1024 for NIH's size.")] = None,
+    layout: Annotated[Layout, typer.Option(help="flat (images/) or class-folders (<class>/).")] = Layout.flat,
+    device: Annotated[Device, typer.Option(help="auto, cuda or cpu.")] = Device.auto,
+    seed: Annotated[int, typer.Option(help="Image k of class c depends only on (seed, c, k).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 64,
+    workers: Annotated[int | None, typer.Option(help="PNG writer processes.")] = None,
+    shard: Annotated[str, typer.Option(help="i/n: this machine's share of the work.")] = "1/1",
+    resume: Annotated[bool, typer.Option(help="Finish an interrupted job in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a different job in --out.")] = False,
+) -> None:
+    """Synthesize a class-balanced NIH-format data set with onnxruntime."""
+    from .synthesis.augment import augment as run_augment
+
+    result = run_augment(
+        model=model, out=out, real_csv=real_csv, data=data, split_list=split_list,
+        real_root=real_root, target_per_class=target_per_class, per_class=per_class,
+        classes=_split_list(classes), labels=label, multi_label=multi_label.value,
+        output_size=output_size, layout=layout.value, device=device.value, seed=seed,
+        batch_size=batch_size, workers=workers, shard=shard, resume=resume, overwrite=overwrite,
+    )
+    typer.echo(result.summary())
+
+
+# --------------------------------------------------------------------------------- evaluation
+@app.command("train-classifier")
+def train_classifier(
+    data: Annotated[Path, typer.Option(help="Cache written by `cxraug prepare`.")],
+    out: Annotated[Path, typer.Option(help="Classifier folder.")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Train the compact chest X-ray CNN used as feature space and label judge."""
+    from .evaluation.classifier import train_classifier as run
+
+    result = run(data=data, out=out, epochs=epochs, seed=seed)
+    typer.echo(result.summary())
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="ONNX generator.")],
+    data: Annotated[Path, typer.Option(help="Cache with the real images.")],
+    out: Annotated[Path, typer.Option(help="Report folder.")],
+    classifier: Annotated[Path | None, typer.Option(help="Classifier folder or ONNX feature model.")] = None,
+    split: Annotated[str, typer.Option(help="Held-out real split to compare with.")] = "val",
+    n_per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 200,
+    run: Annotated[Path | None, typer.Option(help="Run folder, for training curves.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Measure realism, label fidelity, diversity and memorization of a generator."""
+    from .evaluation.report import evaluate as run_evaluate
+
+    result = run_evaluate(model=model, data=data, out=out, classifier=classifier, split=split,
+                          n_per_class=n_per_class, run=run, seed=seed)
+    typer.echo(result.summary())
+
+
+@app.command()
+def downstream(
+    data: Annotated[Path, typer.Option(help="Cache with the real images and splits.")],
+    synthetic: Annotated[Path, typer.Option(help="mixed.csv or Data_Entry_2017.csv from augment.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the JSON result.")] = None,
+    seeds: Annotated[int, typer.Option(help="Training seeds per arm.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs per classifier.")] = 10,
+) -> None:
+    """Does adding synthetic images help a classifier on real held-out patients?"""
+    from .evaluation.downstream import downstream as run_downstream
+
+    result = run_downstream(data=data, synthetic=synthetic, out=out, seeds=seeds, epochs=epochs)
+    typer.echo(result.summary())
+
+
+# ------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path("demo"),
+    n: Annotated[int, typer.Option(help="Phantom images to make.")] = 1400,
+    epochs: Annotated[int | None, typer.Option(help="Override the smoke recipe's epochs.")] = None,
+    target_per_class: Annotated[int, typer.Option(help="Balance every class up to N images.")] = 300,
+) -> None:
+    """The whole pipeline on phantom data: demo-data, prepare, train, export, augment."""
+    from .demo import run_demo
+
+    result = run_demo(out=out, n=n, epochs=epochs, target_per_class=target_per_class)
+    typer.echo(result.summary())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app(args=argv, prog_name="cxraug", standalone_mode=False)
+    except CxrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted: work written so far is kept; rerun with --resume to continue",
+                   err=True)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except Exception as exc:  # click usage errors and unexpected failures
+        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
+            exc.show()  # a usage error from the option parser: already one clear message
+            return exc.exit_code
+        if isinstance(exc, OSError):
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            return 2
+        if os.environ.get("CXRAUG_DEBUG"):
+            raise
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} "
+                   "(set CXRAUG_DEBUG=1 for a traceback and please report it)", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Training recipes: TOML files validated into dataclasses, with CLI overrides.
+
+A recipe has three tables, ``[model]``, ``[train]`` and ``[data]``, mirroring
+:class:`ModelConfig`, :class:`TrainConfig` and :class:`DataConfig`. Every field has a default and a
+``doc`` string; unknown keys, wrong types and out-of-range values are errors that name the recipe
+file, the key and the fix. This module does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from ..errors import CxrError
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+ARCHS = ("paper", "paper-dcgan", "cxraug")
+LABEL_MODES = ("index", "multi-hot")
+LOSSES = ("bce", "hinge")
+DIFFAUG_POLICIES = ("translation", "cutout", "brightness", "contrast")
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    if default is dataclasses.MISSING and "default_factory" not in kw:
+        return field(metadata={"doc": text}, **kw)
+    if "default_factory" in kw:
+        return field(metadata={"doc": text}, **kw)
+    return field(default=default, metadata={"doc": text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    """Which networks to build and how big."""
+
+    arch: str = _doc("Network family: paper | paper-dcgan | cxraug.", "cxraug")
+    image_size: int = _doc("Side of the square images, a multiple of 16 (32..1024).", 128)
+    latent_dim: int = _doc("Size of the latent vector z.", 100)
+    embedding_dim: int = _doc("Size of the learned label embedding.", 50)
+    label_mode: str = _doc(
+        "index: one class per image (int label); multi-hot: a vector of classes (multi-label).",
+        "index",
+    )
+    filters: int = _doc("paper family: filters of every (transposed) convolution.", 128)
+    fast_conv_grad: bool = _doc(
+        "paper family: compute the big final convolution's gradient by a fast identical path.", True
+    )
+    g_channels: int = _doc("cxraug: generator channels at the lowest resolution.", 256)
+    d_channels: int = _doc("cxraug: discriminator channels at the highest resolution.", 32)
+    spectral_norm: bool = _doc("cxraug: spectral normalization in the discriminator.", True)
+
+
+@dataclass
+class TrainConfig:
+    """How to train."""
+
+    epochs: int = _doc("Passes over the training split.", 50)
+    batch_size: int = _doc("Images per step (global batch across GPUs).", 128)
+    g_lr: float = _doc("Generator Adam learning rate.", 2e-4)
+    d_lr: float = _doc("Discriminator Adam learning rate.", 2e-4)
+    beta1: float = _doc("Adam beta1 for both optimizers.", 0.5)
+    beta2: float = _doc("Adam beta2 for both optimizers.", 0.999)
+    loss: str = _doc("GAN loss: bce (non-saturating, the paper) | hinge.", "bce")
+    d_half_batches: bool = _doc(
+        "The paper's D update: one step on half a batch of reals, one on half a batch of fakes.",
+        False,
+    )
+    ema_decay: float = _doc("Decay of the generator's weight EMA; 0 disables it.", 0.0)
+    diffaugment: list[str] = _doc(
+        "Differentiable augmentations for D (translation, cutout, brightness, contrast).",
+        default_factory=list,
+    )
+    class_balanced: bool = _doc("Sample every class equally often instead of by frequency.", False)
+    steps_per_epoch: int = _doc("Steps per epoch; 0 means one pass over the split.", 0)
+    seed: int = _doc("Seed for weights, sampling and noise (reproducible on CPU).", 0)
+    checkpoint_every: int = _doc("Save a checkpoint every N epochs (and always at the end).", 5)
+    sample_every: int = _doc("Write a sample grid every N epochs.", 1)
+    grid_columns: int = _doc("Fixed latent vectors (columns) in the sample grids.", 8)
+    mixed_precision: bool = _doc("float16 compute on GPU (ignored on CPU).", False)
+    xla: bool = _doc("Compile the training step with XLA (jit_compile).", False)
+
+
+@dataclass
+class DataConfig:
+    """What to read from the cache."""
+
+    split: str = _doc("Cache split to train on.", "train")
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A path to a TOML file, or the name of a built-in recipe (``smoke-32``)."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise CxrError(f"recipe file {path} not found; built-in recipes: "
+                           f"{', '.join(available_recipes())}")
+        return path
+    builtin = RECIPE_DIR / f"{name_or_path}.toml"
+    if builtin.is_file():
+        return builtin
+    hint = difflib.get_close_matches(str(name_or_path), available_recipes(), n=1)
+    suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+    raise CxrError(f"unknown recipe {name_or_path!r}{suggestion}; built-in recipes: "
+                   f"{', '.join(available_recipes())}, or give a path to a .toml file")
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read, validate and override a recipe. ``overrides`` maps ``section.key`` to a value."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CxrError(f"recipe {path} is not valid TOML: {exc}") from None
+    return recipe_from_dict(raw, source=str(path), overrides=overrides)
+
+
+def recipe_from_dict(
+    raw: dict[str, Any], source: str = "<recipe>", overrides: dict[str, Any] | None = None
+) -> Recipe:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise CxrError(f"override {dotted!r}: expected section.key with section one of "
+                           f"{', '.join(SECTIONS)}")
+        raw.setdefault(section, {})[key] = value
+    unknown = set(raw) - {"name", "description", *SECTIONS}
+    if unknown:
+        raise CxrError(f"recipe {source}: unknown top-level key(s) {sorted(unknown)}; "
+                       f"allowed: name, description, {', '.join(SECTIONS)}")
+    sections = {name: _build_section(cls, raw.get(name, {}), source, name)
+                for name, cls in SECTIONS.items()}
+    recipe = Recipe(name=str(raw.get("name", Path(source).stem)),
+                    description=str(raw.get("description", "")), **sections)
+    validate(recipe, source)
+    return recipe
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    elif origin in (types.UnionType, typing.Union):
+        return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise CxrError(f"{where} must be {name}, got {value!r}")
+
+
+def _build_section(cls: type, values: Any, source: str, section: str) -> Any:
+    if not isinstance(values, dict):
+        raise CxrError(f"recipe {source}: [{section}] must be a table")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            raise CxrError(f"recipe {source}: unknown key {section}.{key}{suggestion}")
+        kwargs[key] = _coerce(value, hints[key], f"recipe {source}: {section}.{key}")
+    return cls(**kwargs)
+
+
+def validate(recipe: Recipe, source: str = "<recipe>") -> None:
+    """Range and consistency checks; raise :class:`CxrError` on the first problem."""
+    m, t = recipe.model, recipe.train
+
+    def fail(msg: str) -> None:
+        raise CxrError(f"recipe {source}: {msg}")
+
+    if m.arch not in ARCHS:
+        fail(f"model.arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
+    if m.label_mode not in LABEL_MODES:
+        fail(f"model.label_mode must be one of {', '.join(LABEL_MODES)}, got {m.label_mode!r}")
+    if not (32 <= m.image_size <= 1024 and m.image_size % 16 == 0):
+        fail(f"model.image_size must be a multiple of 16 between 32 and 1024, got {m.image_size}")
+    for key in ("latent_dim", "embedding_dim", "filters", "g_channels", "d_channels"):
+        if getattr(m, key) < 1:
+            fail(f"model.{key} must be at least 1, got {getattr(m, key)}")
+    if m.arch == "paper-dcgan" and m.label_mode != "index":
+        fail("model.arch paper-dcgan is unconditional; leave label_mode = \"index\"")
+    if t.loss not in LOSSES:
+        fail(f"train.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
+    if t.epochs < 1:
+        fail(f"train.epochs must be at least 1, got {t.epochs}")
+    if t.batch_size < 2 or (t.d_half_batches and t.batch_size % 2):
+        fail(f"train.batch_size must be at least 2 (and even with d_half_batches), got "
+             f"{t.batch_size}")
+    for key in ("g_lr", "d_lr"):
+        if not 0 < getattr(t, key) < 1:
+            fail(f"train.{key} must be in (0, 1), got {getattr(t, key)}")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(t, key) < 1:
+            fail(f"train.{key} must be in [0, 1), got {getattr(t, key)}")
+    if not 0 <= t.ema_decay < 1:
+        fail(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    bad = [p for p in t.diffaugment if p not in DIFFAUG_POLICIES]
+    if bad:
+        fail(f"train.diffaugment has unknown policies {bad}; allowed: "
+             f"{', '.join(DIFFAUG_POLICIES)}")
+    for key in ("steps_per_epoch",):
+        if getattr(t, key) < 0:
+            fail(f"train.{key} must be 0 or more, got {getattr(t, key)}")
+    for key in ("checkpoint_every", "sample_every", "grid_columns"):
+        if getattr(t, key) < 1:
+            fail(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    if recipe.data.split not in ("train", "val", "test", "all"):
+        fail(f"data.split must be train, val, test or all, got {recipe.data.split!r}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Write a two-level dict (scalars, then tables of scalars) as TOML."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for key, table in data.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def field_docs() -> dict[str, str]:
+    """``section.key`` -> documentation, for ``cxraug recipes`` and the README."""
+    return {f"{name}.{f.name}": f.metadata.get("doc", "")
+            for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real NIH sample (skipped when absent) and a phantom pipeline.
+
+The phantom fixtures are session-scoped and built once, in order: phantom data set -> cache ->
+a short smoke-32 training run -> its ONNX export. Tests of later stages reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+NIH_SAMPLE = Path(
+    os.environ.get("CXRAUG_NIH_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "nih-sample")
+)
+
+
+@pytest.fixture(scope="session")
+def nih_sample() -> Path:
+    """The 401-image NIH sample beside the checkout; tests using it skip when it is absent."""
+    if not (NIH_SAMPLE / "Data_Entry_2017.csv").is_file():
+        pytest.skip(f"NIH sample not found at {NIH_SAMPLE} (set CXRAUG_NIH_SAMPLE to its folder)")
+    return NIH_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small deterministic phantom data set: 420 images at 64x64, NIH layout."""
+    from cxraug.data.phantom import make_phantom_dataset
+
+    out = tmp_path_factory.mktemp("phantom")
+    make_phantom_dataset(out=out, n=420, size=64, seed=0, multi_label_fraction=0.1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_cache(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The phantom data prepared at 32x32 with the paper's 7 classes (single-label images)."""
+    from cxraug.data.cache import prepare
+
+    out = tmp_path_factory.mktemp("cache") / "phantom32.h5"
+    prepare(data_root=phantom_dir, csv=phantom_dir / "Data_Entry_2017.csv", out=out, size=32,
+            top_k=6, multi_label="drop", val_fraction=0.15, test_fraction=0.15, seed=0,
+            workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_run(phantom_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished smoke-32 run on the phantom cache (a few epochs: seconds on 2 cores)."""
+    from cxraug.training.loop import train
+    from cxraug.training.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    recipe = load_recipe("smoke-32", overrides={"train.epochs": 3, "train.checkpoint_every": 1})
+    train(recipe, data=phantom_cache, out=out, resume=False, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_onnx(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke run's generator exported to ONNX."""
+    from cxraug.export.onnx_export import export_run
+
+    out = tmp_path_factory.mktemp("onnx") / "smoke.onnx"
+    export_run(run=smoke_run, out=out)
+    return out
