@@ -115,7 +115,7 @@ def demo_data(
     multi_label_fraction: Annotated[float, typer.Option(help="Share of multi-label images.")] = 0.1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing data set.")] = False,
 ) -> None:
-    """Make a procedural phantom data set in NIH format (PNGs + Data_Entry_2017.csv)."""
+    """Make a phantom chest X-ray data set in NIH format."""
     from .data.phantom import make_phantom_dataset
 
     result = make_phantom_dataset(out=out, n=n, size=size, seed=seed,
@@ -164,7 +164,7 @@ def sample(
     columns: Annotated[int, typer.Option(help="Latent vectors per class row.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the latent vectors.")] = 0,
 ) -> None:
-    """Draw a class-by-latent sample grid from a run's checkpoint."""
+    """Draw a class-by-latent sample grid from a run."""
     from .training.sampling import sample_grid
 
     path = sample_grid(run=run, out=out, checkpoint=checkpoint, columns=columns, seed=seed)
@@ -173,7 +173,7 @@ def sample(
 
 @app.command()
 def recipes() -> None:
-    """List the built-in recipes and every recipe field."""
+    """List built-in recipes and every recipe field."""
     from .training.recipe import available_recipes, field_docs, load_recipe
 
     for name in available_recipes():
@@ -191,7 +191,7 @@ def export_onnx(
     checkpoint: Annotated[str | None, typer.Option(help="Checkpoint (default: latest).")] = None,
     fp16: Annotated[bool, typer.Option(help="Also write a float16 copy for GPUs.")] = False,
 ) -> None:
-    """Export a run's generator (EMA weights when present) to ONNX, checked against Keras."""
+    """Export a run's generator to ONNX, checked against Keras."""
     from .export.onnx_export import export_run
 
     result = export_run(run=run, out=out, checkpoint=checkpoint, fp16=fp16)
@@ -229,7 +229,7 @@ def augment(
     resume: Annotated[bool, typer.Option(help="Finish an interrupted job in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a different job in --out.")] = False,
 ) -> None:
-    """Synthesize a class-balanced NIH-format data set with onnxruntime."""
+    """Synthesize a class-balanced NIH-format data set."""
     from .synthesis.augment import augment as run_augment
 
     result = run_augment(
@@ -250,7 +250,7 @@ def train_classifier(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
-    """Train the compact chest X-ray CNN used as feature space and label judge."""
+    """Train the CNN used as feature space and label judge."""
     from .evaluation.classifier import train_classifier as run
 
     result = run(data=data, out=out, epochs=epochs, seed=seed)
@@ -268,7 +268,7 @@ def evaluate(
     run: Annotated[Path | None, typer.Option(help="Run folder, for training curves.")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
-    """Measure realism, label fidelity, diversity and memorization of a generator."""
+    """Measure realism, label fidelity, diversity, copying."""
     from .evaluation.report import evaluate as run_evaluate
 
     result = run_evaluate(model=model, data=data, out=out, classifier=classifier, split=split,
@@ -284,7 +284,7 @@ def downstream(
     seeds: Annotated[int, typer.Option(help="Training seeds per arm.")] = 3,
     epochs: Annotated[int, typer.Option(help="Epochs per classifier.")] = 10,
 ) -> None:
-    """Does adding synthetic images help a classifier on real held-out patients?"""
+    """Does synthetic data help a classifier on real patients?"""
     from .evaluation.downstream import downstream as run_downstream
 
     result = run_downstream(data=data, synthetic=synthetic, out=out, seeds=seeds, epochs=epochs)
@@ -299,7 +299,7 @@ def demo(
     epochs: Annotated[int | None, typer.Option(help="Override the smoke recipe's epochs.")] = None,
     target_per_class: Annotated[int, typer.Option(help="Balance every class up to N images.")] = 300,
 ) -> None:
-    """The whole pipeline on phantom data: demo-data, prepare, train, export, augment."""
+    """Run the whole pipeline on phantom data (minutes, CPU)."""
     from .demo import run_demo
 
     result = run_demo(out=out, n=n, epochs=epochs, target_per_class=target_per_class)

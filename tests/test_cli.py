@@ -1,0 +1,61 @@
+"""The CLI's own promises: every command listed, a version, one-line errors, lazy TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cxraug import __version__
+from cxraug.cli import app, main
+
+COMMANDS = [
+    "prepare", "info", "demo-data", "train", "sample", "recipes", "export-onnx", "inspect",
+    "augment", "train-classifier", "evaluate", "downstream", "demo",
+]
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cxraug.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_help_lists_every_command_with_a_summary() -> None:
+    proc = _run_cli("--help")
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    for name in COMMANDS:
+        row = [line for line in lines if line.strip().startswith(name + " ")]
+        assert row, f"{name} missing from --help"
+        summary = row[0].strip()[len(name):].strip()
+        assert len(summary) > 10 and not summary.endswith("..."), row[0]
+    registered = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    assert registered == set(COMMANDS)
+
+
+def test_version() -> None:
+    proc = _run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"cxraug {__version__}"
+
+
+def test_user_error_is_one_line_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", "nowhere.h5", "--out", "runs/x", "--recipe", "smoke-33"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: unknown recipe 'smoke-33' (did you mean smoke-32?)")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_override_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", "x.h5", "--out", "r", "--recipe", "smoke-32",
+                 "--set", "train.epoch=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "did you mean epochs?" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_import_does_not_load_tensorflow() -> None:
+    code = "import sys, cxraug.cli; print('tensorflow' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
