@@ -1,0 +1,820 @@
+"""``cxraug augment``: class-balanced synthetic data in NIH's format, deterministic and resumable.
+
+NO TensorFlow here: onnxruntime runs the exported generator (:mod:`.generator`).
+
+Output folder (``out``)::
+
+    job.json               what this job is (model sha256, seed, per-class counts, size, layout)
+    images/90000000_000.png ...   8-bit grayscale PNGs (``layout="class-folders"``: <class>/...)
+    Data_Entry_2017.csv    the synthetic rows in NIH's exact layout (header quirk kept)
+    mixed.csv              real rows + synthetic rows with ``Path`` and ``Synthetic`` (0/1) columns
+    manifest.json          model sha256 + metadata, seed, shard, counts, provider, versions, timings
+    parts/shard-I-of-N.csv/.json   a sharded run's own rows and manifest (``--shard I/N``)
+
+Naming. Every generated image has a *target* (a class, or a label combination for multi-hot
+models) with a code and an index ``k`` (0, 1, ...). Its NIH name is ``PPPPPPPP_FFF.png`` with
+Patient ID ``90,000,000 + code * 100,000 + k // 1000`` and Follow-up ``k % 1000``: real NIH
+patient ids are 1..30,805, so the names never collide with real images, and the same (target, k)
+always gets the same name on every machine, shard and rerun. A class's code is its index in the
+model's ``class_names``; a label combination's code is ``len(class_names) + j`` (its position among
+the ``--label`` options). Up to 100 codes and 100 million images per target.
+
+CSV columns. ``Finding Labels``: the generated label (``A|B`` for combinations, in NIH's
+alphabetical order); ``Follow-up #`` and ``Patient ID`` from the name; ``OriginalImage Width`` /
+``Height``: the written size; age, gender, view position and pixel spacing are left empty (a
+generator has none). ``mixed.csv`` ``Path``: synthetic rows relative to the output folder (so the
+folder can move); real rows ``real_root/<found path>`` (or just the ``Image Index`` without
+``real_root``). Join it to the folder holding mixed.csv (``os.path.join`` keeps absolute paths).
+
+Determinism. The latent vector of image ``k`` of a target comes from a counter-based Philox
+stream keyed by ``(seed, target)`` at counter ``k * 2**128``: it depends only on (seed, target, k),
+never on the batch size, the worker count, the shard or interruptions. PNGs are written by a small
+built-in encoder (filter Up, zlib level 1) so the bytes do not depend on Pillow's version. Bytes
+are reproducible for the same onnxruntime provider and library versions (the manifest records
+them); CUDA and CPU results differ in the last bits.
+
+Sharding. ``shard="i/n"`` makes the images with ``k % n == i - 1`` of every target and writes
+``parts/shard-i-of-n.csv`` (NIH layout) and ``.json``. To merge: copy every shard's folder into
+one (``cp -r``/``rsync``: the file names never overlap), then run the same command without
+``--shard`` and with ``--resume``: it finds every image on disk, generates nothing and writes the
+merged ``Data_Entry_2017.csv``, ``mixed.csv`` and ``manifest.json``, byte-identical to an unsharded
+run.
+
+Crash safety. Each PNG is written to a temporary ``.NAME.PID.tmp`` and renamed into place, so a
+file with a final name is always complete. ``job.json`` is written before any image. The CSVs are
+rewritten atomically after every class, on Ctrl-C and at the end, from the set of files on disk;
+after a kill -9 they may list fewer images than the folder holds until ``--resume`` finishes the
+job (it validates every file's PNG signature and IEND trailer, regenerates broken ones and removes
+stale temporary files). Real counts: ``target_per_class`` needs them (``real_csv`` or ``data``);
+without real data it is an error rather than a silent "0 real images".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import re
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..errors import CxrError
+from ..io_utils import sha256_file, write_json_atomic, write_text_atomic
+from .generator import OnnxGenerator, to_uint8
+
+JOB_FORMAT = "cxraug-augment-1"
+SYNTH_PATIENT_BASE = 90_000_000
+CODE_STRIDE = 100_000  # synthetic patient ids per target
+PER_PATIENT = 1000  # follow-ups per synthetic patient (NIH's %03d)
+MAX_CODES = 100
+MAX_PER_TARGET = CODE_STRIDE * PER_PATIENT
+PNG_FILTER = 2  # "Up": cheap and about as small as Pillow's adaptive choice on GAN images
+PNG_LEVEL = 1  # zlib level: 1 encodes ~2x faster than 6 for a few percent more bytes
+LAYOUTS = ("flat", "class-folders")
+MULTI_HOT_KEY = 1 << 62  # RNG keys of multi-hot targets: this bit | class bitmask
+
+DATA_CSV = "Data_Entry_2017.csv"
+MIXED_CSV = "mixed.csv"
+MANIFEST = "manifest.json"
+JOB_FILE = "job.json"
+PARTS = "parts"
+IMAGES = "images"
+
+_SYNTH_RE = re.compile(r"^9\d{7}_\d{3}\.png$")
+_TMP_RE = re.compile(r"^\..+\.tmp$")
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+# ----------------------------------------------------------------------------- small pieces
+@dataclass(frozen=True)
+class Target:
+    """One thing to generate: a class or a label combination, and how many images of it."""
+
+    name: str  # Finding Labels text
+    code: int  # naming code (module docstring)
+    key: int  # RNG key
+    classes: tuple[int, ...]  # class indices of the label (one for a class)
+    folder: str  # folder name in the class-folders layout
+    real: int | None  # real images counted (None without real data)
+    count: int  # images the whole job generates (all shards)
+
+
+def synthetic_name(code: int, k: int) -> str:
+    """NIH-style name of image ``k`` of the target with ``code`` (never a real NIH id)."""
+    pid = SYNTH_PATIENT_BASE + code * CODE_STRIDE + k // PER_PATIENT
+    return f"{pid:08d}_{k % PER_PATIENT:03d}.png"
+
+
+def latents(seed: int, key: int, ks: Sequence[int] | np.ndarray, dim: int) -> np.ndarray:
+    """Latent vectors float32 ``[len(ks), dim]``; row i depends only on (seed, key, ks[i]).
+
+    A Philox stream per image, keyed by (seed, key) and started at counter ``k * 2**128``, so
+    images never share random numbers and no batching changes them.
+    """
+    out = np.empty((len(ks), dim), dtype=np.float32)
+    full_key = (int(seed) << 64) | int(key)
+    for i, k in enumerate(ks):
+        bitgen = np.random.Philox(key=full_key, counter=int(k) << 128)
+        out[i] = np.random.Generator(bitgen).standard_normal(dim, dtype=np.float32)
+    return out
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(gray: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """8-bit grayscale PNG bytes; ~3x faster than Pillow's encoder and independent of its version.
+
+    Every row uses filter "Up" (difference to the row above); zlib releases the GIL, so writer
+    threads encode in parallel with onnxruntime.
+    """
+    gray = np.ascontiguousarray(gray, dtype=np.uint8)
+    h, w = gray.shape
+    raw = np.empty((h, w + 1), dtype=np.uint8)
+    raw[:, 0] = PNG_FILTER
+    raw[0, 1:] = gray[0]
+    np.subtract(gray[1:], gray[:-1], out=raw[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return (_PNG_SIG + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + _png_chunk(b"IEND", b""))
+
+
+def png_ok(path: Path) -> bool:
+    """Cheap completeness check: PNG signature at the start and the IEND chunk at the end."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() < 8 + 25 + 12:
+                return False
+            handle.seek(-12, os.SEEK_END)
+            return head == _PNG_SIG and handle.read(12) == _PNG_END
+    except OSError:
+        return False
+
+
+def resize_float(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a ``[-1, 1]`` float image with Lanczos before quantizing (one rounding, not two)."""
+    from PIL import Image
+
+    if image.shape == (size, size):
+        return image
+    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
+        (size, size), Image.Resampling.LANCZOS)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 1 <= i <= n."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+    if not match:
+        raise CxrError(f"--shard {shard!r}: expected i/n, e.g. 1/4 for the first of four machines")
+    i, n = int(match.group(1)), int(match.group(2))
+    if not 1 <= i <= n:
+        raise CxrError(f"--shard {shard!r}: i must be between 1 and n (e.g. 1/4 .. 4/4)")
+    return i, n
+
+
+def plan_counts(real: dict[str, int] | None, names: Sequence[str],
+                target_per_class: int | None, per_class: int | None) -> dict[str, int]:
+    """Images to generate per name: ``max(0, target - real)``, or ``per_class`` for each."""
+    if (target_per_class is None) == (per_class is None):
+        raise CxrError("give exactly one of --target-per-class N (top every class up to N) or "
+                       "--per-class N (N new images per class)")
+    if per_class is not None:
+        if per_class <= 0:
+            raise CxrError(f"--per-class {per_class}: give a positive number of images")
+        return {n: int(per_class) for n in names}
+    assert target_per_class is not None
+    if target_per_class <= 0:
+        raise CxrError(f"--target-per-class {target_per_class}: give a positive number of images")
+    if real is None:
+        raise CxrError("--target-per-class counts the real images per class: give --real-csv "
+                       "(e.g. Data_Entry_2017.csv) or --data (a cache), or use --per-class N")
+    return {n: max(0, int(target_per_class) - int(real.get(n, 0))) for n in names}
+
+
+def _safe_folder(name: str) -> str:
+    """Folder name for a label: ``Effusion|Infiltration`` -> ``Effusion+Infiltration``."""
+    return re.sub(r"[^A-Za-z0-9 _.+-]", "_", name.replace("|", "+")).strip(" .") or "class"
+
+
+# ----------------------------------------------------------------------------- real data
+@dataclass
+class RealData:
+    """Real images of the model's classes as the class policy keeps them."""
+
+    source: str
+    rows: pd.DataFrame  # canonical NIH columns (at least Image Index, Finding Labels)
+    class_names: list[str]
+    multi_hot: np.ndarray  # uint8 [N, C] over class_names
+
+    def count(self, classes: Sequence[str]) -> int:
+        """Images for a target: a class's column sum, or exact matches for a combination."""
+        missing = [c for c in classes if c not in self.class_names]
+        if missing:
+            raise CxrError(f"{self.source}: has no class {', '.join(missing)} (its classes: "
+                           f"{', '.join(self.class_names)}); pick --classes it has or use "
+                           "--per-class")
+        cols = [self.class_names.index(c) for c in classes]
+        if len(cols) == 1:
+            return int(self.multi_hot[:, cols[0]].sum())
+        want = np.zeros(len(self.class_names), dtype=np.uint8)
+        want[cols] = 1
+        return int((self.multi_hot == want).all(axis=1).sum())
+
+
+def _real_from_csv(path: Path, class_names: list[str], multi_label: str,
+                   split_list: Path | None) -> RealData:
+    from ..data.labels import load_label_table, read_name_list
+
+    table = load_label_table(path, classes=class_names, multi_label=multi_label, split=False)
+    if split_list is not None:
+        wanted = np.array(sorted(read_name_list(split_list)), dtype=object)
+        table = table.subset(np.isin(table.image_index, wanted))
+    return RealData(source=str(path), rows=table.frame, class_names=list(table.class_names),
+                    multi_hot=np.asarray(table.multi_hot, dtype=np.uint8))
+
+
+def _real_from_cache(path: Path) -> RealData:
+    from ..data.cache import CacheReader
+    from ..data.nih import FINDING_LABELS, IMAGE_INDEX, PATIENT_ID
+
+    if not path.is_file():
+        raise CxrError(f"cache {path} not found; make it with `cxraug prepare` or pass --real-csv")
+    with CacheReader(path) as cache:
+        names = list(cache.class_names)
+        train = np.asarray(cache.indices("train"))
+        hot = np.asarray(cache.multi_hot)[train].astype(np.uint8)
+        index = np.asarray(cache.image_index, dtype=object)[train]
+        pids = np.asarray(cache.patient_ids)[train]
+    order = np.argsort(names)  # NIH writes labels alphabetically
+    labels = ["|".join(names[j] for j in order if row[j]) for row in hot]
+    rows = pd.DataFrame({IMAGE_INDEX: [str(x) for x in index], FINDING_LABELS: labels,
+                         PATIENT_ID: pd.array(pids, dtype="Int64")})
+    return RealData(source=f"{path} (train split)", rows=rows, class_names=names, multi_hot=hot)
+
+
+def _index_images(root: Path) -> dict[str, Path]:
+    """File name -> path for every PNG under ``root`` (NIH unpacks to images_0NN/images/)."""
+    if not root.is_dir():
+        raise CxrError(f"--real-root {root}: not a folder; give the folder holding the real PNGs")
+    found: dict[str, Path] = {}
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if name.lower().endswith(".png"):
+                found.setdefault(name, Path(folder) / name)
+    return found
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass
+class AugmentResult:
+    """What an augment run did; ``summary()`` is what the CLI prints."""
+
+    out: Path
+    provider: str
+    shard: tuple[int, int]
+    image_size: int
+    layout: str
+    targets: list[dict[str, Any]]
+    generated: int
+    skipped: int
+    wall_s: float
+    paths: dict[str, Path] = field(default_factory=dict)
+    real_rows: int = 0
+    real_missing: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Images on disk per target after the run (this shard's share when sharded)."""
+        return {t["name"]: t["on_disk"] for t in self.targets}
+
+    def summary(self) -> str:
+        i, n = self.shard
+        width = max([len("class")] + [len(t["name"]) for t in self.targets])
+        lines = [f"augment: {len(self.targets)} target(s), provider {self.provider}"
+                 + (f", shard {i}/{n}" if n > 1 else ""),
+                 f"  {'class':{width}s} {'real':>8s} {'target':>8s} {'generate':>9s} "
+                 f"{'on disk':>8s}"]
+        for t in self.targets:
+            real = "-" if t["real"] is None else f"{t['real']:,}"
+            goal = "-" if t["target"] is None else f"{t['target']:,}"
+            lines.append(f"  {t['name']:{width}s} {real:>8s} {goal:>8s} {t['generate']:>9,} "
+                         f"{t['on_disk']:>8,}")
+        rate = self.generated / self.wall_s if self.wall_s > 0 else 0.0
+        lines.append(f"generated {self.generated:,} images ({self.image_size}x{self.image_size} "
+                     f"PNG, {self.layout}) in {self.wall_s:.1f} s ({rate:.1f} img/s); "
+                     f"{self.skipped:,} were already on disk")
+        files = ", ".join(str(p) for p in self.paths.values())
+        lines.append(f"wrote {files}")
+        if self.real_missing:
+            lines.append(f"note: {self.real_missing:,} real images were not found under "
+                         "--real-root and are left out of mixed.csv")
+        if n > 1:
+            lines.append("merge: copy every shard's folder into one and rerun the same command "
+                         "without --shard, with --resume (it generates nothing and writes the "
+                         "merged CSVs)")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the job
+def _targets(gen: OnnxGenerator, classes: Sequence[str] | None,
+             labels: Sequence[str] | None) -> list[tuple[str, int, int, tuple[int, ...]]]:
+    """(name, code, rng key, class indices) for every requested target, validated."""
+    names = gen.class_names
+    hint_all = f"the model's classes: {', '.join(names)}"
+
+    def check(name: str, flag: str) -> int:
+        if name in names:
+            return names.index(name)
+        close = difflib.get_close_matches(name, names, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CxrError(f"{flag} {name!r}: {gen.path} has no such class{guess}; {hint_all}")
+
+    if gen.label_mode == "none":
+        if labels:
+            raise CxrError(f"--label: {gen.path} is unconditional (label_mode none); it makes "
+                           "images of its one class only")
+        if len(names) != 1:
+            raise CxrError(f"{gen.path} is unconditional (label_mode none) but its metadata lists "
+                           f"{len(names)} classes, so its images have no label; use a conditional "
+                           "generator")
+        if classes and list(classes) != names:
+            check(next(c for c in classes if c != names[0]), "--classes")
+        return [(names[0], 0, 0, (0,))]
+    if labels and gen.label_mode != "multi-hot":
+        raise CxrError(f"--label combinations need a multi-hot model; {gen.path} has label_mode "
+                       f"{gen.label_mode!r} (one class per image): use --classes instead")
+    picked = list(dict.fromkeys(c.strip() for c in classes if c.strip())) if classes else []
+    if not picked and not labels:
+        picked = list(names)
+    out: list[tuple[str, int, int, tuple[int, ...]]] = []
+    for name in picked:
+        c = check(name, "--classes")
+        key = c if gen.label_mode == "index" else MULTI_HOT_KEY | (1 << c)
+        out.append((name, c, key, (c,)))
+    combos: list[tuple[int, ...]] = []
+    for raw in labels or []:
+        parts = [p.strip() for p in str(raw).split("|") if p.strip()]
+        if not parts:
+            raise CxrError(f"--label {raw!r}: empty; write e.g. 'Effusion|Infiltration'")
+        if len(set(parts)) != len(parts):
+            raise CxrError(f"--label {raw!r} names a class twice")
+        idx = tuple(sorted((check(p, "--label") for p in parts), key=lambda j: names[j]))
+        if len(idx) > 1 and "No Finding" in parts:
+            raise CxrError(f"--label {raw!r}: 'No Finding' never combines with a pathology")
+        if len(idx) == 1:
+            if idx[0] not in [t[1] for t in out]:
+                out.append((names[idx[0]], idx[0], MULTI_HOT_KEY | (1 << idx[0]), idx))
+            continue
+        if idx in combos:
+            continue
+        combos.append(idx)
+        bitmask = sum(1 << j for j in idx)
+        out.append(("|".join(names[j] for j in idx), len(names) + len(combos) - 1,
+                    MULTI_HOT_KEY | bitmask, idx))
+    if len(names) + len(combos) > MAX_CODES:
+        raise CxrError(f"too many targets ({len(names) + len(combos)} codes, at most {MAX_CODES})")
+    return out
+
+
+def _folders_of(spec: dict[str, Any]) -> list[str]:
+    if spec.get("layout") == "class-folders":
+        return [t["folder"] for t in spec.get("targets", [])]
+    return [IMAGES]
+
+
+def _remove_outputs(out: Path, spec: dict[str, Any]) -> None:
+    """Delete what an earlier job wrote (its PNGs, temp files, CSVs, manifests), nothing else.
+
+    ``job.json`` goes last, so an interrupted removal is simply repeated by the next --overwrite.
+    """
+    for folder in _folders_of(spec):
+        path = out / folder
+        if not path.is_dir():
+            continue
+        for entry in os.scandir(path):
+            if entry.is_file() and (_SYNTH_RE.match(entry.name) or _TMP_RE.match(entry.name)):
+                os.unlink(entry.path)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    for name in (DATA_CSV, MIXED_CSV, MANIFEST):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    parts = out / PARTS
+    if parts.is_dir():
+        for entry in os.scandir(parts):
+            if re.match(r"^shard-\d+-of-\d+\.(csv|json)$", entry.name) or _TMP_RE.match(
+                    entry.name):
+                os.unlink(entry.path)
+        with contextlib.suppress(OSError):
+            parts.rmdir()
+    with contextlib.suppress(FileNotFoundError):
+        (out / JOB_FILE).unlink()
+
+
+def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Check ``out`` (writable; empty, or this job) and record the job before any image."""
+    job = out / JOB_FILE
+    if out.exists() and not out.is_dir():
+        raise CxrError(f"--out {out} is a file; give a folder")
+    if job.is_file():
+        try:
+            old = json.loads(job.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old is None or old.get("format") != JOB_FORMAT:
+            raise CxrError(f"{job} is unreadable or not a cxraug augment job; remove it or pick "
+                           "another --out")
+        if old != spec or (overwrite and not resume):
+            if not overwrite:
+                diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
+                raise CxrError(f"--out {out} holds a different augment job (differs in "
+                               f"{', '.join(diff)}); use a new --out, or --overwrite to replace "
+                               "it")
+            _remove_outputs(out, old)
+        elif not resume:
+            raise CxrError(f"--out {out} already holds this job; rerun with --resume to finish "
+                           "it, or --overwrite to start again")
+    elif out.is_dir() and any(out.iterdir()):
+        raise CxrError(f"--out {out} is not empty and holds no augment job ({JOB_FILE}); "
+                       "give a new or empty folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if not job.is_file():
+            write_json_atomic(job, spec)
+    except OSError as exc:
+        raise CxrError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a "
+                       "writable folder") from None
+
+
+def _scan(out: Path, targets: list[Target], layout: str) -> dict[int, set[int]]:
+    """Images of this job already on disk and complete, per target code; removes broken ones."""
+    present: dict[int, set[int]] = {t.code: set() for t in targets}
+    by_name: dict[str, dict[int, Target]] = {}
+    for t in targets:
+        by_name.setdefault(t.folder if layout == "class-folders" else IMAGES, {})[t.code] = t
+    for folder, codes in by_name.items():
+        path = out / folder
+        if not path.is_dir():
+            continue
+        for entry in os.scandir(path):
+            if _TMP_RE.match(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)  # left by a killed run
+                continue
+            if not _SYNTH_RE.match(entry.name):
+                continue
+            pid, fu = int(entry.name[:8]), int(entry.name[9:12])
+            code, block = divmod(pid - SYNTH_PATIENT_BASE, CODE_STRIDE)
+            t = codes.get(code)
+            if t is None:
+                continue
+            k = block * PER_PATIENT + fu
+            if k >= t.count:
+                continue
+            if png_ok(Path(entry.path)):
+                present[code].add(k)
+            else:
+                os.unlink(entry.path)
+    return present
+
+
+def _write_batch(images: np.ndarray, paths: list[Path], ks: list[int],
+                 size: int) -> list[int]:
+    """Resize (if asked), quantize, encode and atomically write one chunk; returns its ks."""
+    pid = os.getpid()
+    for image, path in zip(images, paths, strict=True):
+        data = encode_png(to_uint8(resize_float(image, size)))
+        tmp = path.with_name(f".{path.name}.{pid}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    return ks
+
+
+def _synthetic_rows(targets: list[Target], present: dict[int, set[int]], keep: Any,
+                    size: int, layout: str) -> pd.DataFrame:
+    from ..data.nih import (
+        FINDING_LABELS,
+        FOLLOW_UP,
+        HEIGHT,
+        IMAGE_INDEX,
+        PATIENT_ID,
+        WIDTH,
+    )
+
+    names: list[str] = []
+    labels: list[str] = []
+    paths: list[str] = []
+    for t in targets:
+        folder = t.folder if layout == "class-folders" else IMAGES
+        for k in sorted(k for k in present[t.code] if keep(k)):
+            name = synthetic_name(t.code, k)
+            names.append(name)
+            labels.append(t.name)
+            paths.append(f"{folder}/{name}")
+    pid = np.array([int(n[:8]) for n in names], dtype=np.int64)
+    fu = np.array([int(n[9:12]) for n in names], dtype=np.int64)
+    return pd.DataFrame({IMAGE_INDEX: names, FINDING_LABELS: labels, FOLLOW_UP: fu,
+                         PATIENT_ID: pid, WIDTH: np.full(len(names), size, dtype=np.int64),
+                         HEIGHT: np.full(len(names), size, dtype=np.int64), "Path": paths})
+
+
+def _mixed_frame(real: RealData | None, real_paths: list[str] | None,
+                 synth: pd.DataFrame) -> pd.DataFrame:
+    from ..data.nih import CANONICAL_COLUMNS, IMAGE_INDEX
+
+    parts = []
+    if real is not None:
+        rows = real.rows.copy()
+        rows["Path"] = real_paths if real_paths is not None else rows[IMAGE_INDEX].astype(str)
+        rows = rows[rows["Path"] != ""]
+        rows["Synthetic"] = 0
+        parts.append(rows)
+    syn = synth.copy()
+    syn["Synthetic"] = 1
+    parts.append(syn)
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    cols = list(CANONICAL_COLUMNS) + ["Path", "Synthetic"]
+    for c in cols:
+        if c not in frame.columns:
+            frame[c] = pd.NA
+    return frame[cols]
+
+
+def augment(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    real_csv: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    split_list: str | os.PathLike | None = None,
+    real_root: str | os.PathLike | None = None,
+    target_per_class: int | None = None,
+    per_class: int | None = None,
+    classes: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    multi_label: str = "drop",
+    output_size: int | None = None,
+    layout: str = "flat",
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int = 64,
+    workers: int | None = None,
+    shard: str = "1/1",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    *,
+    threads: int | None = None,
+    spinning: bool = False,
+) -> AugmentResult:
+    """Generate a class-balanced synthetic NIH-format data set (see the module docstring).
+
+    ``threads``/``spinning``: onnxruntime intra-op threads (default: every core) and whether idle
+    ones busy-wait (off by default: the PNG writer threads need those cycles).
+    """
+    from ..data.nih import write_nih_csv
+
+    started = time.perf_counter()
+    model, out = Path(model), Path(out)
+    # ---- options that need nothing loaded
+    if layout not in LAYOUTS:
+        raise CxrError(f"--layout {layout!r}: expected flat or class-folders")
+    if batch_size < 1:
+        raise CxrError(f"--batch-size {batch_size}: give a positive number")
+    if workers is not None and workers < 1:
+        raise CxrError(f"--workers {workers}: give a positive number")
+    if not 0 <= int(seed) < 2**63:
+        raise CxrError(f"--seed {seed}: give a whole number in 0..2**63-1")
+    if output_size is not None and not 8 <= output_size <= 8192:
+        raise CxrError(f"--output-size {output_size}: give a side in pixels between 8 and 8192")
+    if real_csv is not None and data is not None:
+        raise CxrError("give --real-csv or --data (a cache), not both")
+    if split_list is not None and real_csv is None:
+        raise CxrError("--split-list filters the rows of --real-csv; give --real-csv too (a "
+                       "cache already has its training split)")
+    if real_root is not None and real_csv is None and data is None:
+        raise CxrError("--real-root locates the real images of --real-csv or --data; give one")
+    shard_i, shard_n = parse_shard(shard)
+    # the count options' errors, before the (slow) model load: plan_counts raises them
+    plan_counts(None if real_csv is None and data is None else {}, [], target_per_class,
+                per_class)
+
+    # ---- model, targets, real counts
+    gen = OnnxGenerator(model, device=device, threads=threads, spinning=spinning)
+    raw_targets = _targets(gen, classes, labels)
+    real: RealData | None = None
+    if real_csv is not None:
+        real = _real_from_csv(Path(real_csv), gen.class_names, multi_label,
+                              None if split_list is None else Path(split_list))
+    elif data is not None:
+        real = _real_from_cache(Path(data))
+    names = [t[0] for t in raw_targets]
+    real_counts = None
+    if real is not None:
+        real_counts = {name: real.count([gen.class_names[j] for j in idx])
+                       for name, _c, _k, idx in raw_targets}
+    plan = plan_counts(real_counts, names, target_per_class, per_class)
+    targets = [Target(name=name, code=code, key=key, classes=idx, folder=_safe_folder(name),
+                      real=None if real_counts is None else real_counts[name], count=plan[name])
+               for name, code, key, idx in raw_targets]
+    for t in targets:
+        if t.count > MAX_PER_TARGET:
+            raise CxrError(f"{t.name}: {t.count:,} images exceed the naming scheme's "
+                           f"{MAX_PER_TARGET:,} per class")
+    size = int(output_size or gen.image_size)
+    model_sha = sha256_file(model)
+    spec = {
+        "format": JOB_FORMAT, "model_sha256": model_sha, "seed": int(seed),
+        "image_size": size, "model_image_size": gen.image_size, "layout": layout,
+        "label_mode": gen.label_mode, "png": {"filter": "up", "zlib_level": PNG_LEVEL},
+        "targets": [{"name": t.name, "code": t.code, "folder": t.folder, "count": t.count}
+                    for t in targets],
+    }
+    _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+
+    # ---- what is left to do
+    present = _scan(out, targets, layout)
+    mine = (lambda k: k % shard_n == shard_i - 1) if shard_n > 1 else (lambda k: True)
+    skipped = sum(1 for t in targets for k in present[t.code] if mine(k))
+    for t in targets:
+        (out / (t.folder if layout == "class-folders" else IMAGES)).mkdir(exist_ok=True)
+    real_paths: list[str] | None = None
+    real_missing = 0
+    if real is not None and real_root is not None:
+        from ..data.nih import IMAGE_INDEX
+
+        found = _index_images(Path(real_root))
+        real_paths = [str(found[n]) if n in found else ""
+                      for n in real.rows[IMAGE_INDEX].astype(str)]
+        real_missing = sum(1 for p in real_paths if not p)
+        if real_paths and real_missing == len(real_paths):
+            raise CxrError(f"--real-root {real_root}: none of the {len(real_paths):,} real images "
+                           "of the label file is there; give the folder holding them")
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    part_name = f"shard-{shard_i}-of-{shard_n}"
+    paths: dict[str, Path] = {}
+    timings = {"inference_s": 0.0, "latents_s": 0.0, "wait_writers_s": 0.0}
+    generated = 0
+
+    def write_outputs(final: bool) -> None:
+        """CSVs (and at the end the manifest) from the files known to be on disk."""
+        if shard_n > 1:
+            rows = _synthetic_rows(targets, present, mine, size, layout)
+            write_nih_csv(rows, out / PARTS / f"{part_name}.csv")
+            paths["part_csv"] = out / PARTS / f"{part_name}.csv"
+        else:
+            rows = _synthetic_rows(targets, present, mine, size, layout)
+            write_nih_csv(rows, out / DATA_CSV)
+            mixed = _mixed_frame(real, real_paths, rows)
+            write_text_atomic(out / MIXED_CSV, mixed.to_csv(index=False, lineterminator="\n"))
+            paths["csv"], paths["mixed"] = out / DATA_CSV, out / MIXED_CSV
+        if final:
+            manifest_path = (out / PARTS / f"{part_name}.json") if shard_n > 1 else out / MANIFEST
+            write_json_atomic(manifest_path, manifest(rows_real=0 if real is None else len(
+                real.rows) - real_missing))
+            paths["manifest"] = manifest_path
+
+    def target_rows() -> list[dict[str, Any]]:
+        return [{"name": t.name, "code": t.code, "real": t.real, "target": target_per_class,
+                 "generate": t.count, "shard_share": sum(1 for k in range(t.count) if mine(k))
+                 if shard_n > 1 else t.count,
+                 "on_disk": sum(1 for k in present[t.code] if mine(k)),
+                 "folder": t.folder if layout == "class-folders" else IMAGES,
+                 "first_name": synthetic_name(t.code, 0)} for t in targets]
+
+    def manifest(rows_real: int) -> dict[str, Any]:
+        import onnxruntime as ort
+        import PIL
+
+        raw_meta = dict(gen.session.get_modelmeta().custom_metadata_map or {})
+        return {
+            "format": "cxraug-augment-manifest-1",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": {"path": str(model), "sha256": model_sha, "metadata": raw_meta},
+            "seed": int(seed), "shard": f"{shard_i}/{shard_n}", "provider": gen.provider,
+            "device": device, "image_size": size, "layout": layout,
+            "label_mode": gen.label_mode,
+            "real_source": None if real is None else real.source, "real_rows_in_mixed": rows_real,
+            "real_missing_under_root": real_missing,
+            "classes": target_rows(),
+            "naming": {"patient_id": f"{SYNTH_PATIENT_BASE} + code * {CODE_STRIDE} + "
+                       f"k // {PER_PATIENT}", "follow_up": f"k % {PER_PATIENT}",
+                       "latent": "Philox(key=(seed << 64) | target key, counter=k << 128) "
+                                 "standard normal float32"},
+            "versions": {"cxraug": __version__, "onnxruntime": ort.__version__,
+                         "numpy": np.__version__, "pillow": PIL.__version__,
+                         "zlib": zlib.ZLIB_RUNTIME_VERSION, "python": sys.version.split()[0]},
+            "options": {"real_csv": None if real_csv is None else str(real_csv),
+                        "data": None if data is None else str(data),
+                        "split_list": None if split_list is None else str(split_list),
+                        "real_root": None if real_root is None else str(real_root),
+                        "target_per_class": target_per_class, "per_class": per_class,
+                        "multi_label": multi_label, "output_size": output_size,
+                        "batch_size": batch_size, "workers": workers, "resume": resume},
+            "timings": {**{k: round(v, 3) for k, v in timings.items()},
+                        "wall_s": round(time.perf_counter() - started, 3),
+                        "generated": generated},
+        }
+
+    # ---- generate: inference on this thread, PNG encoding + writing on the pool
+    from tqdm import tqdm
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxraug-png")
+    pending: set[Future] = set()
+    owner: dict[Future, int] = {}  # future -> target code
+
+    def collect(done: Iterable[Future]) -> int:
+        """Record finished writes; returns how many images they wrote."""
+        nonlocal generated
+        n = 0
+        for fut in done:
+            ks = fut.result()
+            present[owner.pop(fut)].update(ks)
+            n += len(ks)
+        generated += n
+        return n
+
+    try:
+        for t in targets:
+            todo = [k for k in range(t.count) if mine(k) and k not in present[t.code]]
+            share = sum(1 for k in range(t.count) if mine(k))
+            folder = out / (t.folder if layout == "class-folders" else IMAGES)
+            bar = tqdm(total=share, initial=share - len(todo), desc=t.name[:24], unit="img",
+                       disable=not progress or share == 0, file=sys.stderr, leave=True)
+            with bar:
+                for start in range(0, len(todo), batch_size):
+                    ks = todo[start:start + batch_size]
+                    t0 = time.perf_counter()
+                    z = latents(seed, t.key, ks, gen.latent_dim)
+                    if gen.label_mode == "multi-hot":
+                        lab = np.zeros((len(ks), len(gen.class_names)), dtype=np.float32)
+                        lab[:, list(t.classes)] = 1.0
+                    else:
+                        lab = np.full(len(ks), t.classes[0], dtype=np.int64)
+                    t1 = time.perf_counter()
+                    images = gen.generate(z, lab)
+                    t2 = time.perf_counter()
+                    timings["latents_s"] += t1 - t0
+                    timings["inference_s"] += t2 - t1
+                    step = max(1, -(-len(ks) // workers))
+                    for s in range(0, len(ks), step):
+                        chunk = ks[s:s + step]
+                        fut = pool.submit(_write_batch, images[s:s + step],
+                                          [folder / synthetic_name(t.code, k) for k in chunk],
+                                          chunk, size)
+                        pending.add(fut)
+                        owner[fut] = t.code
+                    while len(pending) > 2 * workers:
+                        t3 = time.perf_counter()
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        timings["wait_writers_s"] += time.perf_counter() - t3
+                        pending -= done
+                        bar.update(collect(done))
+                t3 = time.perf_counter()
+                done, _ = wait(pending)
+                timings["wait_writers_s"] += time.perf_counter() - t3
+                pending.clear()
+                bar.update(collect(done))
+            write_outputs(final=False)
+    except BaseException:
+        # Ctrl-C or a write error: keep what is complete, list exactly that, then re-raise
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True)
+        finished = [f for f in pending if not f.cancelled() and f.exception() is None]
+        with contextlib.suppress(Exception):
+            collect(finished)
+        with contextlib.suppress(Exception):
+            write_outputs(final=False)
+        raise
+    pool.shutdown(wait=True)
+    write_outputs(final=True)
+    return AugmentResult(
+        out=out, provider=gen.provider, shard=(shard_i, shard_n), image_size=size, layout=layout,
+        targets=target_rows(), generated=generated, skipped=skipped,
+        wall_s=time.perf_counter() - started, paths=dict(paths),
+        real_rows=0 if real is None else len(real.rows) - real_missing,
+        real_missing=real_missing,
+    )

@@ -1,0 +1,338 @@
+"""The exported ONNX generator in onnxruntime: validation, providers, batched generation.
+
+This module (and all of ``cxraug.synthesis``) never imports TensorFlow: a machine that only makes
+synthetic data needs ``onnxruntime`` and ``numpy``, nothing else. The file contract is in
+docs/ARCHITECTURE.md ("ONNX generator"); :class:`OnnxGenerator` refuses any file that breaks it
+with one :class:`~cxraug.errors.CxrError` line naming the file and the fix, so a wrong file fails
+at start-up instead of after an hour of writing images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CxrError
+
+#: Metadata keys every cxraug generator carries; the rest of the card is informative.
+REQUIRED_META: tuple[str, ...] = ("class_names", "latent_dim", "image_size", "label_mode")
+#: Input names per label mode, in the order :meth:`OnnxGenerator.generate` feeds them.
+INPUTS_BY_MODE: dict[str, tuple[str, ...]] = {
+    "index": ("z", "label"),
+    "multi-hot": ("z", "labels"),
+    "none": ("z",),
+}
+OUTPUT_NAME = "image"
+DEVICES = ("auto", "cuda", "cpu")
+
+_EXPORT_FIX = "export the run with `cxraug export-onnx --run runs/NAME --out MODEL.onnx`"
+
+
+def session_options(threads: int | None = None, spinning: bool = True) -> Any:
+    """The one place where onnxruntime session options are chosen (for every cxraug session).
+
+    ``threads`` defaults to every core. Full graph optimization fuses Conv+BN+activation chains.
+    ``spinning=False`` stops idle intra-op threads from busy-waiting, which matters when other
+    threads (PNG writers) share the cores; the augment benchmark measures both settings.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return opts
+
+
+@contextlib.contextmanager
+def _quiet_ort() -> Any:
+    """Silence onnxruntime's CUDA-load complaints (two error lines on CPU-only machines).
+
+    onnxruntime has no getter for the default logger severity, so it is put back to its documented
+    default (2, warnings) afterwards.
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def _providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        if device == "cuda":
+            raise CxrError(
+                f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDA provider; "
+                "install onnxruntime-gpu (pip install 'cxraug[gpu]') or use --device cpu"
+            )
+        return ["CPUExecutionProvider"]
+    preload = getattr(ort, "preload_dlls", None)  # 1.21+: CUDA/cuDNN from pip's nvidia packages
+    if preload is not None:
+        with contextlib.suppress(Exception), _quiet_ort():
+            preload()
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _read_meta(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    """Parse and check the cxraug metadata_props; JSON/int fields are decoded."""
+    missing = [k for k in REQUIRED_META if k not in raw]
+    if missing:
+        what = "no cxraug metadata" if len(missing) == len(REQUIRED_META) else (
+            f"cxraug metadata without {', '.join(missing)}")
+        raise CxrError(f"{path}: {what}; it is not a generator written by cxraug: {_EXPORT_FIX}")
+    meta: dict[str, Any] = dict(raw)
+    try:
+        names = json.loads(raw["class_names"])
+        meta["latent_dim"] = int(raw["latent_dim"])
+        meta["image_size"] = int(raw["image_size"])
+    except (ValueError, TypeError) as exc:
+        raise CxrError(f"{path}: unreadable cxraug metadata ({exc}); {_EXPORT_FIX}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise CxrError(f"{path}: metadata class_names must be a JSON list of names; {_EXPORT_FIX}")
+    if len(set(names)) != len(names):
+        raise CxrError(f"{path}: metadata class_names repeats a name; {_EXPORT_FIX}")
+    meta["class_names"] = names
+    if meta["label_mode"] not in INPUTS_BY_MODE:
+        raise CxrError(f"{path}: unknown label_mode {meta['label_mode']!r} in its metadata "
+                       f"(expected {', '.join(INPUTS_BY_MODE)}); {_EXPORT_FIX}")
+    if meta["latent_dim"] < 1 or meta["image_size"] < 1:
+        raise CxrError(f"{path}: metadata latent_dim/image_size must be positive; {_EXPORT_FIX}")
+    for key in ("epoch", "step"):
+        if key in meta:
+            with contextlib.suppress(ValueError):
+                meta[key] = int(meta[key])
+    return meta
+
+
+def _dims(shape: Any) -> list[int | None]:
+    return [d if isinstance(d, int) else None for d in shape]
+
+
+class OnnxGenerator:
+    """An exported cxraug generator ready to run; see docs/ARCHITECTURE.md for the contract.
+
+    ``device``: ``auto`` (CUDA where it loads, CPU otherwise), ``cuda`` (CxrError when CUDA
+    cannot be used), ``cpu``. :attr:`provider` is the provider the session really uses.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 spinning: bool = True) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if device not in DEVICES:
+            raise CxrError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+        if not self.path.is_file():
+            raise CxrError(f"model {self.path} not found; {_EXPORT_FIX}")
+        providers = _providers_for(device)
+        try:
+            with _quiet_ort():
+                self.session = ort.InferenceSession(
+                    str(self.path), sess_options=session_options(threads, spinning),
+                    providers=providers,
+                )
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            text = str(exc).strip()
+            first = text.splitlines()[0][:200] if text else type(exc).__name__
+            raise CxrError(f"{self.path} is not a loadable ONNX model ({first}); {_EXPORT_FIX}"
+                           ) from None
+        self.provider: str = self.session.get_providers()[0]
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise CxrError(
+                f"--device cuda: onnxruntime {ort.__version__} could not load CUDA for {self.path} "
+                "(missing CUDA/cuDNN libraries or no GPU); install the matching CUDA libraries "
+                "(pip install 'cxraug[gpu]') or use --device cpu"
+            )
+        raw = self.session.get_modelmeta().custom_metadata_map or {}
+        self.meta: dict[str, Any] = _read_meta(self.path, dict(raw))
+        self._check_io()
+
+    # ------------------------------------------------------------------ contract checks
+    def _check_io(self) -> None:
+        mode = self.label_mode
+        expected = INPUTS_BY_MODE[mode]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if set(inputs) != set(expected):
+            raise CxrError(
+                f"{self.path}: inputs {sorted(inputs)} do not match label_mode {mode!r}, which "
+                f"needs exactly {list(expected)}; {_EXPORT_FIX}")
+        want_type = {"z": "tensor(float)", "label": "tensor(int64)", "labels": "tensor(float)"}
+        want_last = {"z": self.latent_dim, "labels": len(self.class_names)}
+        for name, info in inputs.items():
+            if info.type != want_type[name]:
+                raise CxrError(f"{self.path}: input {name!r} is {info.type}, expected "
+                               f"{want_type[name]}; {_EXPORT_FIX}")
+            dims = _dims(info.shape)
+            rank = 1 if name == "label" else 2
+            if len(dims) != rank or (name in want_last and dims[-1] not in (None, want_last[name])):
+                raise CxrError(f"{self.path}: input {name!r} has shape {info.shape}, expected "
+                               f"{'[N]' if rank == 1 else f'[N, {want_last[name]}]'}; "
+                               f"{_EXPORT_FIX}")
+        outputs = self.session.get_outputs()
+        if [o.name for o in outputs] != [OUTPUT_NAME]:
+            raise CxrError(f"{self.path}: outputs {[o.name for o in outputs]}, expected exactly "
+                           f"['{OUTPUT_NAME}']; {_EXPORT_FIX}")
+        dims = _dims(outputs[0].shape)
+        size = self.image_size
+        if len(dims) != 4 or any(d not in (None, want) for d, want in zip(dims[1:], (size, size, 1),
+                                                                           strict=True)):
+            raise CxrError(f"{self.path}: output 'image' has shape {outputs[0].shape}, expected "
+                           f"[N, {size}, {size}, 1]; {_EXPORT_FIX}")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.meta["latent_dim"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def label_mode(self) -> str:
+        return str(self.meta["label_mode"])
+
+    # ------------------------------------------------------------------ inference
+    def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Images float32 ``[N, H, W]`` in ``[-1, 1]`` for latents ``z`` ``[N, latent]``.
+
+        ``labels``: class indices ``[N]`` (``index`` models), multi-hot ``[N, C]``
+        (``multi-hot``), ignored by unconditional (``none``) models.
+        """
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be [N, {self.latent_dim}], got {z.shape}")
+        feeds: dict[str, np.ndarray] = {"z": z}
+        if self.label_mode == "index":
+            lab = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+            if lab.shape[0] != z.shape[0]:
+                raise ValueError(f"{lab.shape[0]} labels for {z.shape[0]} latents")
+            if lab.size and (lab.min() < 0 or lab.max() >= len(self.class_names)):
+                raise ValueError(f"labels must be in 0..{len(self.class_names) - 1}")
+            feeds["label"] = lab
+        elif self.label_mode == "multi-hot":
+            hot = np.ascontiguousarray(labels, dtype=np.float32)
+            if hot.shape != (z.shape[0], len(self.class_names)):
+                raise ValueError(f"multi-hot labels must be [{z.shape[0]}, "
+                                 f"{len(self.class_names)}], got {hot.shape}")
+            feeds["labels"] = hot
+        (image,) = self.session.run([OUTPUT_NAME], feeds)
+        return image[..., 0]
+
+    __call__ = generate
+
+    def __repr__(self) -> str:
+        return (f"OnnxGenerator({str(self.path)!r}, provider={self.provider}, "
+                f"classes={len(self.class_names)}, size={self.image_size})")
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Map ``[-1, 1]`` floats to 8-bit gray: ``(x + 1) * 127.5``, rounded, clipped to 0..255."""
+    scaled = (np.asarray(images, dtype=np.float32) + 1.0) * 127.5
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- model card
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _shape_text(value_info: Any) -> str:
+    import onnx
+
+    ttype = value_info.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name if ttype.elem_type else "?"
+    dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "N")
+            for d in ttype.shape.dim]
+    return f"{value_info.name} {dtype} [{', '.join(dims)}]"
+
+
+def model_card(path: str | os.PathLike) -> str:
+    """A readable card of an ONNX generator for ``cxraug inspect``: metadata, I/O, size, hash.
+
+    Works on any ONNX file (a file without cxraug metadata gets a warning line, not an error) so
+    the command also helps to find out why ``augment`` refuses a file.
+    """
+    import onnx
+
+    from ..io_utils import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CxrError(f"model {path} not found; give the path of an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise CxrError(f"{path} is not an ONNX file ({type(exc).__name__}); {_EXPORT_FIX}"
+                       ) from None
+    if not model.graph.node and not model.graph.output:
+        raise CxrError(f"{path} is not an ONNX model (empty graph); {_EXPORT_FIX}")
+    raw = {p.key: p.value for p in model.metadata_props}
+    lines = [f"model        {path}",
+             f"file         {_human_bytes(path.stat().st_size)}, sha256 {sha256_file(path)}"]
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    producer = f", producer {model.producer_name} {model.producer_version}".rstrip()
+    lines.append(f"format       ONNX IR {model.ir_version}, opset {opsets}"
+                 f"{producer if model.producer_name else ''}")
+    try:
+        meta = _read_meta(path, raw)
+    except CxrError as exc:
+        meta = None
+        lines.append(f"WARNING      {exc}")
+    if meta is not None:
+        names = meta["class_names"]
+        recipe = meta.get("recipe_name", "?")
+        lines += [
+            f"arch         {meta.get('arch', '?')} (recipe {recipe})",
+            f"classes      {len(names)}: {', '.join(names)}",
+            f"label mode   {meta['label_mode']}",
+            f"latent       {meta['latent_dim']}",
+            f"image        {meta['image_size']}x{meta['image_size']}, 1 channel, "
+            "float32 in [-1, 1]",
+            f"trained      epoch {meta.get('epoch', '?')}, step {meta.get('step', '?')}, "
+            f"data fingerprint {meta.get('data_fingerprint', '?')}",
+            f"exported     {meta.get('exported_at', '?')} by cxraug "
+            f"{meta.get('cxraug_version', '?')}",
+        ]
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    lines.append(f"inputs       {'; '.join(_shape_text(i) for i in inputs)}")
+    lines.append(f"outputs      {'; '.join(_shape_text(o) for o in model.graph.output)}")
+    n_params = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
+    ops = Counter(n.op_type for n in model.graph.node)
+    top = ", ".join(f"{op} {n}" for op, n in ops.most_common(8))
+    lines.append(f"graph        {len(model.graph.node)} nodes ({top}), "
+                 f"{n_params:,} parameters")
+    shown = {"class_names", "latent_dim", "image_size", "label_mode", "arch", "recipe_name",
+             "epoch", "step", "data_fingerprint", "exported_at", "cxraug_version", "recipe"}
+    for key in sorted(set(raw) - shown):
+        lines.append(f"meta         {key} = {raw[key][:200]}")
+    if raw.get("recipe"):
+        lines.append("recipe")
+        lines += [f"  {line}" for line in raw["recipe"].strip().splitlines()]
+    return "\n".join(lines)
