@@ -540,26 +540,34 @@ def _synthetic_rows(targets: list[Target], present: dict[int, set[int]], keep: A
                          HEIGHT: np.full(len(names), size, dtype=np.int64), "Path": paths})
 
 
-def _mixed_frame(real: RealData | None, real_paths: list[str] | None,
-                 synth: pd.DataFrame) -> pd.DataFrame:
-    from ..data.nih import CANONICAL_COLUMNS, IMAGE_INDEX
+def _mixed_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    from ..data.nih import CANONICAL_COLUMNS
 
-    parts = []
-    if real is not None:
-        rows = real.rows.copy()
-        rows["Path"] = real_paths if real_paths is not None else rows[IMAGE_INDEX].astype(str)
-        rows = rows[rows["Path"] != ""]
-        rows["Synthetic"] = 0
-        parts.append(rows)
-    syn = synth.copy()
-    syn["Synthetic"] = 1
-    parts.append(syn)
-    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     cols = list(CANONICAL_COLUMNS) + ["Path", "Synthetic"]
+    frame = frame.copy()
     for c in cols:
         if c not in frame.columns:
             frame[c] = pd.NA
     return frame[cols]
+
+
+def _mixed_real_text(real: RealData | None, real_paths: list[str] | None) -> str:
+    """mixed.csv's header and real rows, rendered once (the real table can be 112k rows)."""
+    from ..data.nih import IMAGE_INDEX
+
+    if real is None:
+        return _mixed_columns(pd.DataFrame()).to_csv(index=False, lineterminator="\n")
+    rows = real.rows.copy()
+    rows["Path"] = real_paths if real_paths is not None else rows[IMAGE_INDEX].astype(str)
+    rows = rows[rows["Path"] != ""]
+    rows["Synthetic"] = 0
+    return _mixed_columns(rows).to_csv(index=False, lineterminator="\n")
+
+
+def _mixed_synthetic_text(synth: pd.DataFrame) -> str:
+    rows = synth.copy()
+    rows["Synthetic"] = 1
+    return _mixed_columns(rows).to_csv(index=False, header=False, lineterminator="\n")
 
 
 def augment(
@@ -678,8 +686,11 @@ def augment(
     timings = {"inference_s": 0.0, "latents_s": 0.0, "wait_writers_s": 0.0}
     generated = 0
 
+    real_text: str | None = None
+
     def write_outputs(final: bool) -> None:
         """CSVs (and at the end the manifest) from the files known to be on disk."""
+        nonlocal real_text
         if shard_n > 1:
             rows = _synthetic_rows(targets, present, mine, size, layout)
             write_nih_csv(rows, out / PARTS / f"{part_name}.csv")
@@ -687,8 +698,9 @@ def augment(
         else:
             rows = _synthetic_rows(targets, present, mine, size, layout)
             write_nih_csv(rows, out / DATA_CSV)
-            mixed = _mixed_frame(real, real_paths, rows)
-            write_text_atomic(out / MIXED_CSV, mixed.to_csv(index=False, lineterminator="\n"))
+            if real_text is None:
+                real_text = _mixed_real_text(real, real_paths)
+            write_text_atomic(out / MIXED_CSV, real_text + _mixed_synthetic_text(rows))
             paths["csv"], paths["mixed"] = out / DATA_CSV, out / MIXED_CSV
         if final:
             manifest_path = (out / PARTS / f"{part_name}.json") if shard_n > 1 else out / MANIFEST

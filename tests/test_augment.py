@@ -1,0 +1,428 @@
+"""cxraug augment: counts, NIH CSV layout, determinism, shards, resume, errors, no TensorFlow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from test_generator import PAPER7, make_generator
+
+from cxraug.data.labels import read_nih_csv
+from cxraug.data.nih import NIH_HEADER_LINE
+from cxraug.errors import CxrError
+from cxraug.synthesis.augment import (
+    SYNTH_PATIENT_BASE,
+    augment,
+    encode_png,
+    latents,
+    parse_shard,
+    plan_counts,
+    png_ok,
+    synthetic_name,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_generator(tmp_path_factory.mktemp("model") / "g.onnx")
+
+
+@pytest.fixture(scope="module")
+def hot_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_generator(tmp_path_factory.mktemp("hot") / "h.onnx", label_mode="multi-hot")
+
+
+def run(model: Path, out: Path, **kw) -> object:
+    kw.setdefault("progress", False)
+    kw.setdefault("device", "cpu")
+    return augment(model=model, out=out, **kw)
+
+
+def files(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` except the per-run manifests (they hold timings)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "manifest.json" and p.parent.name != "parts"}
+
+
+# ------------------------------------------------------------------------------ pieces
+def test_names_latents_png_and_shard_parsing(tmp_path: Path) -> None:
+    assert synthetic_name(0, 0) == "90000000_000.png"
+    assert synthetic_name(3, 1234) == "90300001_234.png"
+    assert int(synthetic_name(99, 10**8 - 1)[:8]) <= 99_999_999
+    a = latents(7, 2, [0, 1, 2, 3], 16)
+    assert np.array_equal(a[2:], latents(7, 2, [2, 3], 16))  # row k depends on k only
+    assert not np.allclose(a[0], latents(7, 3, [0], 16)[0])  # ...and on the target
+    assert not np.allclose(a[0], latents(8, 2, [0], 16)[0])  # ...and on the seed
+    assert not np.allclose(a[0], a[1])
+    gray = np.random.default_rng(0).integers(0, 256, (37, 23), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_png(gray))
+    with Image.open(path) as im:
+        assert im.mode == "L" and np.array_equal(np.asarray(im), gray)
+    assert png_ok(path)
+    path.write_bytes(encode_png(gray)[:-5])
+    assert not png_ok(path)
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "a/b", "1"):
+        with pytest.raises(CxrError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_plan_counts() -> None:
+    real = {"A": 10, "B": 0, "C": 99}
+    assert plan_counts(real, ["A", "B", "C"], 50, None) == {"A": 40, "B": 50, "C": 0}
+    assert plan_counts(None, ["A", "B"], None, 5) == {"A": 5, "B": 5}
+    with pytest.raises(CxrError, match="exactly one"):
+        plan_counts(real, ["A"], 5, 5)
+    with pytest.raises(CxrError, match="exactly one"):
+        plan_counts(real, ["A"], None, None)
+    with pytest.raises(CxrError, match="positive"):
+        plan_counts(real, ["A"], -5, None)
+    with pytest.raises(CxrError, match="positive"):
+        plan_counts(real, ["A"], None, 0)
+    with pytest.raises(CxrError, match="--real-csv"):
+        plan_counts(None, ["A"], 5, None)
+
+
+# ------------------------------------------------------------------------------ counts
+@pytest.mark.slow
+def test_target_arithmetic_against_all_labels(nih_sample: Path, model: Path,
+                                              tmp_path: Path) -> None:
+    """target 2300 over the paper's classes: max(0, 2300 - single-label count) per class."""
+    csv_path = nih_sample / "all_labels_112120.csv"  # 3 columns only
+    labels = pd.read_csv(csv_path)["Finding Labels"]
+    expected_real = {c: int((labels == c).sum()) for c in PAPER7}
+    result = run(model, tmp_path / "aug", real_csv=csv_path, target_per_class=2300)
+    got = {t["name"]: (t["real"], t["generate"], t["on_disk"]) for t in result.targets}
+    for c in PAPER7:
+        want = max(0, 2300 - expected_real[c])
+        assert got[c] == (expected_real[c], want, want), c
+    assert sum(v[1] for v in got.values()) > 0  # Mass and Pneumothorax are below 2300
+    synth = read_nih_csv(tmp_path / "aug" / "Data_Entry_2017.csv")
+    assert synth["Finding Labels"].value_counts().to_dict() == {
+        c: got[c][1] for c in PAPER7 if got[c][1]}
+    mixed = pd.read_csv(tmp_path / "aug" / "mixed.csv")
+    assert int((mixed["Synthetic"] == 0).sum()) == sum(expected_real.values())
+    balanced = mixed["Finding Labels"].value_counts()
+    assert all(balanced[c] >= 2300 for c in PAPER7)
+
+
+def test_split_list_counts_only_listed_images(nih_sample: Path, model: Path,
+                                              tmp_path: Path) -> None:
+    table = read_nih_csv(nih_sample / "Data_Entry_2017.csv")
+    listed = table[table["Finding Labels"].isin(["Mass", "Nodule"])]["Image Index"][:10]
+    lst = tmp_path / "train_val_list.txt"
+    lst.write_text("\n".join(listed) + "\n")
+    result = run(model, tmp_path / "aug", real_csv=nih_sample / "Data_Entry_2017.csv",
+                 split_list=lst, target_per_class=12, classes=["Mass", "Nodule"],
+                 real_root=nih_sample / "images")
+    want = {c: int((table.loc[table["Image Index"].isin(listed), "Finding Labels"] == c).sum())
+            for c in ("Mass", "Nodule")}
+    assert {t["name"]: t["real"] for t in result.targets} == want
+    assert {t["name"]: t["generate"] for t in result.targets} == {
+        c: 12 - n for c, n in want.items()}
+    mixed = pd.read_csv(tmp_path / "aug" / "mixed.csv")
+    real = mixed[mixed["Synthetic"] == 0]
+    assert sorted(real["Image Index"]) == sorted(listed)
+    assert all(Path(p).is_file() for p in real["Path"])  # real_root paths resolve
+
+
+# ------------------------------------------------------------------------------ output format
+def test_nih_csv_layout_and_mixed_csv(nih_sample: Path, model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    result = run(model, out, real_csv=nih_sample / "Data_Entry_2017.csv", target_per_class=15)
+    lines = (out / "Data_Entry_2017.csv").read_text().splitlines()
+    assert lines[0] == NIH_HEADER_LINE
+    assert len(next(csv.reader([lines[0]]))) == 12
+    assert all(len(row) == 11 for row in csv.reader(lines[1:]))
+    plain = pd.read_csv(out / "Data_Entry_2017.csv")  # plain pandas reads NIH's quirk too
+    assert len(plain.columns) == 12 and len(plain) == len(lines) - 1
+    ours = read_nih_csv(out / "Data_Entry_2017.csv")
+    assert len(ours) == sum(t["generate"] for t in result.targets) > 0
+    assert (ours["Patient ID"] >= SYNTH_PATIENT_BASE).all()
+    assert (ours["Patient ID"] > 30805).all()  # never a real NIH patient
+    assert ours["OriginalImage Width"].eq(16).all() and ours["OriginalImage Height"].eq(16).all()
+    assert ours["Patient Age"].isna().all() and ours["View Position"].isna().all()
+    for _, row in ours.iterrows():
+        assert row["Image Index"] == f"{row['Patient ID']:08d}_{row['Follow-up #']:03d}.png"
+        path = out / "images" / row["Image Index"]
+        with Image.open(path) as im:
+            assert im.mode == "L" and im.size == (16, 16)
+    on_disk = sorted(p.name for p in (out / "images").iterdir())
+    assert on_disk == sorted(ours["Image Index"])
+    mixed = pd.read_csv(out / "mixed.csv")
+    assert {"Path", "Synthetic"} <= set(mixed.columns)
+    syn = mixed[mixed["Synthetic"] == 1]
+    assert sorted(syn["Image Index"]) == on_disk
+    assert all((out / p).is_file() for p in syn["Path"])
+    real = mixed[mixed["Synthetic"] == 0]
+    assert (real["Path"] == real["Image Index"]).all()  # no real_root: the names
+    manifest = json.loads((out / "manifest.json").read_text())
+    from cxraug.io_utils import sha256_file
+
+    assert manifest["model"]["sha256"] == sha256_file(model)
+    assert manifest["provider"] == result.provider == "CPUExecutionProvider"
+    assert {"cxraug", "onnxruntime", "numpy"} <= set(manifest["versions"])
+    assert [c["name"] for c in manifest["classes"]] == list(PAPER7)
+    assert "Atelectasis" in result.summary()
+
+
+def test_class_folders_output_size_and_label_combinations(hot_model: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    result = run(hot_model, out, per_class=2, classes=["No Finding"],
+                 labels=["Infiltration|Effusion"], layout="class-folders", output_size=64)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "Effusion+Infiltration", "No Finding"]
+    rows = read_nih_csv(out / "Data_Entry_2017.csv")
+    assert sorted(set(rows["Finding Labels"])) == ["Effusion|Infiltration", "No Finding"]
+    mixed = pd.read_csv(out / "mixed.csv")
+    for p in mixed["Path"]:
+        with Image.open(out / p) as im:
+            assert im.size == (64, 64) and im.mode == "L"
+    assert [t["name"] for t in result.targets] == ["No Finding", "Effusion|Infiltration"]
+    with pytest.raises(CxrError, match="multi-hot"):
+        run(make_generator(tmp_path / "i.onnx"), tmp_path / "x", per_class=1,
+            labels=["Effusion|Infiltration"])
+
+
+def test_output_size_1024(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "big"
+    run(model, out, per_class=1, classes=["Mass"], output_size=1024)
+    (name,) = [p for p in (out / "images").iterdir()]
+    with Image.open(name) as im:
+        big = np.asarray(im)
+        assert im.size == (1024, 1024) and im.mode == "L"
+    small = tmp_path / "small"
+    run(model, small, per_class=1, classes=["Mass"])
+    with Image.open(small / "images" / name.name) as im:
+        ref = np.asarray(im, dtype=np.float32)
+    # the upscaled image is the same picture: block means follow the 16x16 original
+    blocks = big.reshape(16, 64, 16, 64).mean(axis=(1, 3))
+    assert np.corrcoef(blocks.ravel(), ref.ravel())[0, 1] > 0.95
+
+
+# ------------------------------------------------------------------------------ determinism
+def test_same_bytes_across_batch_sizes_workers_and_shards(model: Path, tmp_path: Path) -> None:
+    kw = {"per_class": 23, "classes": ["Effusion", "Mass", "No Finding"], "seed": 5}
+    ref = tmp_path / "ref"
+    run(model, ref, batch_size=64, workers=1, **kw)
+    ref_files = files(ref)
+    assert len([n for n in ref_files if n.startswith("images/")]) == 69
+    other = tmp_path / "b3"
+    run(model, other, batch_size=3, workers=3, **kw)
+    assert files(other) == ref_files
+    one = tmp_path / "b1"
+    run(model, one, batch_size=1, workers=2, **kw)
+    assert files(one) == ref_files
+    # two shards on two "machines", merged by copying, then a --resume run writes the CSVs
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    r1 = run(model, s1, shard="1/2", batch_size=7, **kw)
+    r2 = run(model, s2, shard="2/2", batch_size=16, **kw)
+    assert r1.generated + r2.generated == 69
+    assert not (s1 / "Data_Entry_2017.csv").exists()
+    part = read_nih_csv(s1 / "parts" / "shard-1-of-2.csv")
+    assert sorted(part["Image Index"]) == sorted(p.name for p in (s1 / "images").iterdir())
+    assert not set(os.listdir(s1 / "images")) & set(os.listdir(s2 / "images"))
+    shutil.copytree(s2, s1, dirs_exist_ok=True)
+    merged = run(model, s1, resume=True, **kw)
+    assert merged.generated == 0 and merged.skipped == 69
+    assert files(s1) == ref_files
+    # a different seed gives different images under the same names
+    seed6 = tmp_path / "seed6"
+    run(model, seed6, **{**kw, "seed": 6})
+    assert files(seed6).keys() == ref_files.keys()
+    assert files(seed6)["images/90200000_000.png"] != ref_files["images/90200000_000.png"]
+
+
+# ------------------------------------------------------------------------------ job handling
+def test_job_folder_rules(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    run(model, out, per_class=3, classes=["Mass"])
+    with pytest.raises(CxrError, match="already holds this job.*--resume"):
+        run(model, out, per_class=3, classes=["Mass"])
+    again = run(model, out, per_class=3, classes=["Mass"], resume=True)
+    assert again.generated == 0 and again.skipped == 3
+    with pytest.raises(CxrError, match="different augment job.*--overwrite"):
+        run(model, out, per_class=4, classes=["Mass"], resume=True)
+    with pytest.raises(CxrError, match="different augment job"):
+        run(model, out, per_class=3, classes=["Mass"], seed=1)
+    (out / "images" / "notes.txt").write_text("mine")
+    replaced = run(model, out, per_class=2, classes=["Nodule"], overwrite=True)
+    assert replaced.generated == 2
+    assert sorted(os.listdir(out / "images")) == [
+        "90500000_000.png", "90500000_001.png", "notes.txt"]  # old PNGs gone, user file kept
+    assert json.loads((out / "job.json").read_text())["targets"][0]["name"] == "Nodule"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.docx").write_text("x")
+    with pytest.raises(CxrError, match="not empty"):
+        run(model, busy, per_class=1, overwrite=True)
+    assert (busy / "thesis.docx").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target_per_class": -5}, "positive"),
+        ({"per_class": 0}, "positive"),
+        ({"per_class": 3, "target_per_class": 3}, "exactly one"),
+        ({}, "exactly one"),
+        ({"target_per_class": 10}, "--real-csv"),
+        ({"per_class": 1, "classes": ["Effusoin"]}, "did you mean 'Effusion'.*Pneumothorax"),
+        ({"per_class": 1, "classes": ["Cardiomegaly"]}, "model's classes: No Finding"),
+        ({"per_class": 1, "shard": "3/2"}, "--shard"),
+        ({"per_class": 1, "layout": "pyramid"}, "--layout"),
+        ({"per_class": 1, "batch_size": 0}, "--batch-size"),
+        ({"per_class": 1, "output_size": 3}, "--output-size"),
+        ({"per_class": 1, "split_list": "x.txt"}, "--split-list"),
+    ],
+)
+def test_user_errors(model: Path, tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(CxrError, match=message) as info:
+        run(model, tmp_path / "aug", **kwargs)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "aug").exists()  # nothing written on a refused job
+
+
+def test_model_errors_and_unwritable_folder(tmp_path: Path) -> None:
+    bare = make_generator(tmp_path / "bare.onnx", drop_meta=True)
+    with pytest.raises(CxrError, match="no cxraug metadata"):
+        run(bare, tmp_path / "a", per_class=1)
+    odd = make_generator(tmp_path / "odd.onnx", input_names=["noise", "label"])
+    with pytest.raises(CxrError, match="inputs"):
+        run(odd, tmp_path / "b", per_class=1)
+    good = make_generator(tmp_path / "good.onnx")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CxrError, match="cannot write there|is a file"):
+        run(good, blocker / "sub", per_class=1)
+    with pytest.raises(CxrError, match="is a file"):
+        run(good, blocker, per_class=1)
+    if os.geteuid() != 0:  # root writes anywhere; elsewhere a read-only folder must be refused
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(CxrError, match="cannot write there"):
+                run(good, ro / "out", per_class=1)
+        finally:
+            ro.chmod(0o755)
+
+
+# ------------------------------------------------------------------------------ crash safety
+def _cli(*args: str) -> list[str]:
+    code = "import sys; from cxraug.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *args]
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume(tmp_path: Path) -> None:
+    model = make_generator(tmp_path / "g.onnx", size=32, channels=8)
+    out = tmp_path / "aug"
+    args = ["augment", "--model", str(model), "--out", str(out), "--per-class", "700",
+            "--classes", "Effusion,Mass,Nodule", "--batch-size", "8", "--device", "cpu",
+            "--seed", "3"]
+    proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    images = out / "images"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if images.is_dir() and len(os.listdir(images)) >= 300:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len([n for n in os.listdir(images) if n.endswith(".png")])
+    assert 0 < done_before < 2100
+    # whatever CSV exists lists only complete files
+    if (out / "Data_Entry_2017.csv").exists():
+        for name in read_nih_csv(out / "Data_Entry_2017.csv")["Image Index"]:
+            assert png_ok(images / name)
+    rerun = subprocess.run(_cli(*args, "--resume"), cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    names = sorted(os.listdir(images))
+    assert len(names) == 2100 and all(n.endswith(".png") for n in names)  # no temp files
+    rows = read_nih_csv(out / "Data_Entry_2017.csv")
+    assert sorted(rows["Image Index"]) == names and not rows["Image Index"].duplicated().any()
+    ref = tmp_path / "ref"
+    augment(model=model, out=ref, per_class=700, classes=["Effusion", "Mass", "Nodule"],
+            batch_size=64, device="cpu", seed=3, progress=False)
+    assert files(out) == files(ref)
+
+
+# ------------------------------------------------------------------------------ no TensorFlow
+def test_synthesis_path_imports_no_tensorflow(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    code = (
+        "import sys\n"
+        "import cxraug.cli\n"
+        "from cxraug.synthesis import augment, generator\n"
+        f"rc = cxraug.cli.main(['augment', '--model', {str(model)!r}, '--out', {str(out)!r},"
+        " '--per-class', '2', '--device', 'cpu'])\n"
+        f"rc2 = cxraug.cli.main(['inspect', {str(model)!r}])\n"
+        "assert rc == 0 and rc2 == 0, (rc, rc2)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+    assert len(os.listdir(out / "images")) == 14
+
+
+def test_cli_errors_are_one_line(model: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture) -> None:
+    from cxraug.cli import main
+
+    rc = main(["augment", "--model", str(model), "--out", str(tmp_path / "o"),
+               "--target-per-class", "-3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.strip().count("\n") == 0
+    assert "Traceback" not in err
+
+
+def test_nothing_to_generate_still_writes_consistent_csvs(nih_sample: Path, model: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    result = run(model, out, real_csv=nih_sample / "Data_Entry_2017.csv", target_per_class=1)
+    assert result.generated == 0 and all(t["generate"] == 0 for t in result.targets)
+    assert (out / "Data_Entry_2017.csv").read_text().splitlines() == [NIH_HEADER_LINE]
+    mixed = pd.read_csv(out / "mixed.csv")
+    assert len(mixed) > 0 and (mixed["Synthetic"] == 0).all()
+    assert os.listdir(out / "images") == []
+
+
+@pytest.mark.slow
+def test_smoke_onnx_end_to_end(smoke_onnx: Path, phantom_cache: Path, tmp_path: Path) -> None:
+    """The real export of a trained smoke run, balanced against the phantom cache's train split."""
+    from cxraug.data.cache import CacheReader
+
+    with CacheReader(phantom_cache) as cache:
+        train = cache.indices("train")
+        counts = np.bincount(np.asarray(cache.labels)[train], minlength=len(cache.class_names))
+        names = list(cache.class_names)
+    target = int(counts.max()) + 2
+    result = augment(model=smoke_onnx, out=tmp_path / "aug", data=phantom_cache,
+                     target_per_class=target, device="auto", progress=False)
+    got = {t["name"]: (t["real"], t["generate"]) for t in result.targets}
+    assert got == {n: (int(c), target - int(c)) for n, c in zip(names, counts, strict=True)}
+    mixed = pd.read_csv(tmp_path / "aug" / "mixed.csv")
+    assert mixed["Finding Labels"].value_counts().to_dict() == dict.fromkeys(names, target)
+    assert result.provider == "CPUExecutionProvider" or result.provider.startswith("CUDA")

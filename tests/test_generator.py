@@ -1,0 +1,196 @@
+"""OnnxGenerator and the model card, on small ONNX generators built here with onnx.helper.
+
+No TensorFlow: :func:`make_generator` writes a file with the exported-generator interface
+(docs/ARCHITECTURE.md, "ONNX generator") whose image is
+``tanh(x + conv(relu(conv(x))))`` with ``x = reshape(z @ W + embedding(label))``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+
+from cxraug.errors import CxrError
+from cxraug.synthesis.generator import OnnxGenerator, model_card, to_uint8
+
+PAPER7 = ("No Finding", "Atelectasis", "Effusion", "Infiltration", "Mass", "Nodule",
+          "Pneumothorax")
+
+
+def make_generator(path: Path, classes: Sequence[str] = PAPER7, latent: int = 8, size: int = 16,
+                   label_mode: str = "index", meta: dict[str, str] | None = None,
+                   drop_meta: bool = False, channels: int = 4, seed: int = 0,
+                   input_names: Sequence[str] | None = None, output_name: str = "image") -> Path:
+    """Write a small generator with the cxraug ONNX interface and metadata to ``path``."""
+    rng = np.random.default_rng(seed)
+    c, s = len(classes), size
+    inits = [
+        nh.from_array((rng.standard_normal((latent, s * s)) / np.sqrt(latent)).astype(np.float32),
+                      "W"),
+        nh.from_array((rng.standard_normal((c, s * s)) * 0.5).astype(np.float32), "E"),
+        nh.from_array(np.array([-1, 1, s, s], np.int64), "shape1"),
+        nh.from_array(np.array([-1, s, s, 1], np.int64), "shape2"),
+        nh.from_array((rng.standard_normal((channels, 1, 3, 3)) * 0.5).astype(np.float32), "K1"),
+        nh.from_array((rng.standard_normal((1, channels, 3, 3)) * 0.3).astype(np.float32), "K2"),
+    ]
+    names = list(input_names) if input_names is not None else (
+        ["z", "label"] if label_mode == "index" else ["z", "labels"] if label_mode == "multi-hot"
+        else ["z"])
+    inputs = [oh.make_tensor_value_info(names[0], TensorProto.FLOAT, ["N", latent])]
+    nodes = [oh.make_node("MatMul", [names[0], "W"], ["h0"])]
+    if label_mode == "index":
+        inputs.append(oh.make_tensor_value_info(names[1], TensorProto.INT64, ["N"]))
+        nodes += [oh.make_node("Gather", ["E", names[1]], ["emb"]),
+                  oh.make_node("Add", ["h0", "emb"], ["h"])]
+    elif label_mode == "multi-hot":
+        inputs.append(oh.make_tensor_value_info(names[1], TensorProto.FLOAT, ["N", c]))
+        nodes += [oh.make_node("MatMul", [names[1], "E"], ["emb"]),
+                  oh.make_node("Add", ["h0", "emb"], ["h"])]
+    else:
+        nodes.append(oh.make_node("Identity", ["h0"], ["h"]))
+    nodes += [oh.make_node("Reshape", ["h", "shape1"], ["x1"]),
+              oh.make_node("Conv", ["x1", "K1"], ["c1"], pads=[1, 1, 1, 1]),
+              oh.make_node("Relu", ["c1"], ["r1"]),
+              oh.make_node("Conv", ["r1", "K2"], ["c2"], pads=[1, 1, 1, 1]),
+              oh.make_node("Add", ["c2", "x1"], ["sum"]),
+              oh.make_node("Tanh", ["sum"], ["t"]),
+              oh.make_node("Reshape", ["t", "shape2"], [output_name])]
+    output = oh.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", s, s, 1])
+    model = oh.make_model(oh.make_graph(nodes, "generator", inputs, [output], inits),
+                          opset_imports=[oh.make_opsetid("", 17)], producer_name="cxraug-tests")
+    model.ir_version = 8
+    props = {} if drop_meta else {
+        "cxraug_version": "0.1.0", "class_names": json.dumps(list(classes)),
+        "latent_dim": str(latent), "image_size": str(s), "label_mode": label_mode,
+        "recipe": 'name = "test"\n[model]\nimage_size = 16\n', "recipe_name": "test",
+        "arch": "test", "data_fingerprint": "f00d", "epoch": "3", "step": "42",
+        "exported_at": "2026-01-01T00:00:00+00:00"}
+    props.update(meta or {})
+    oh.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def _cuda_usable(path: Path) -> bool:
+    try:
+        OnnxGenerator(path, device="cuda")
+    except CxrError:
+        return False
+    return True
+
+
+def test_generate_shapes_range_and_dynamic_batch(tmp_path: Path) -> None:
+    gen = OnnxGenerator(make_generator(tmp_path / "g.onnx"), device="cpu")
+    assert gen.class_names == list(PAPER7)
+    assert (gen.latent_dim, gen.image_size, gen.label_mode) == (8, 16, "index")
+    assert gen.meta["epoch"] == 3 and gen.meta["recipe_name"] == "test"
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 33):  # the batch dimension is dynamic
+        out = gen.generate(rng.standard_normal((n, 8)), np.arange(n) % 7)
+        assert out.shape == (n, 16, 16) and out.dtype == np.float32
+        assert out.min() >= -1.0 and out.max() <= 1.0
+    z = rng.standard_normal((4, 8)).astype(np.float32)
+    a, b = gen(z, np.zeros(4)), gen(z, np.full(4, 6))
+    assert not np.allclose(a, b)  # the label conditions the image
+    with pytest.raises(ValueError):
+        gen.generate(z, np.full(4, 7))  # out of range class index
+
+
+def test_multi_hot_and_unconditional_models(tmp_path: Path) -> None:
+    hot = OnnxGenerator(make_generator(tmp_path / "h.onnx", label_mode="multi-hot"), device="cpu")
+    labels = np.zeros((2, 7), np.float32)
+    labels[0, [2, 3]] = 1
+    assert hot.generate(np.zeros((2, 8)), labels).shape == (2, 16, 16)
+    none = OnnxGenerator(make_generator(tmp_path / "n.onnx", classes=["No Finding"],
+                                        label_mode="none"), device="cpu")
+    assert none.generate(np.zeros((3, 8))).shape == (3, 16, 16)
+
+
+def test_provider_reported_on_this_machine(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    path = make_generator(tmp_path / "g.onnx")
+    gen = OnnxGenerator(path, device="auto")
+    assert gen.provider == gen.session.get_providers()[0]
+    assert OnnxGenerator(path, device="cpu").provider == "CPUExecutionProvider"
+    if _cuda_usable(path):
+        assert gen.provider == "CUDAExecutionProvider"
+    else:  # CPU-only: auto falls back to the CPU, and "cuda" fails loudly with the fix
+        assert gen.provider == "CPUExecutionProvider"
+        with pytest.raises(CxrError, match="--device cpu"):
+            OnnxGenerator(path, device="cuda")
+        err = capfd.readouterr().err
+        assert "CUDA" not in err and "cuda" not in err.lower(), err  # load failure silenced
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"drop_meta": True}, "no cxraug metadata"),
+        ({"meta": {"label_mode": "bogus"}}, "unknown label_mode"),
+        ({"meta": {"class_names": "not json"}}, "unreadable cxraug metadata"),
+        ({"input_names": ["z", "cls"]}, "inputs"),
+        ({"output_name": "Identity:0"}, "outputs"),
+        ({"meta": {"label_mode": "multi-hot"}}, "do not match label_mode"),
+        ({"meta": {"latent_dim": "9"}}, "input 'z' has shape"),
+        ({"meta": {"image_size": "32"}}, "output 'image' has shape"),
+    ],
+)
+def test_contract_violations_are_one_line_errors(tmp_path: Path, kwargs: dict,
+                                                 message: str) -> None:
+    path = make_generator(tmp_path / "bad.onnx", **kwargs)
+    with pytest.raises(CxrError, match=message) as info:
+        OnnxGenerator(path, device="cpu")
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text and "export-onnx" in text
+
+
+def test_not_an_onnx_file_and_missing_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("hello, I am a CSV\n")
+    for path in (junk, tmp_path / "missing.onnx"):
+        with pytest.raises(CxrError, match=str(path)):
+            OnnxGenerator(path, device="cpu")
+        with pytest.raises(CxrError, match=str(path)):
+            model_card(path)
+    with pytest.raises(CxrError, match="unknown device"):
+        OnnxGenerator(make_generator(tmp_path / "g.onnx"), device="tpu")
+
+
+def test_to_uint8_rounds_and_clips() -> None:
+    x = np.array([-1.5, -1.0, -0.999, 0.0, 0.5, 1.0, 2.0], np.float32)
+    assert to_uint8(x).tolist() == [0, 0, 0, 128, 191, 255, 255]
+    assert to_uint8(x).dtype == np.uint8
+
+
+def test_model_card(tmp_path: Path) -> None:
+    path = make_generator(tmp_path / "g.onnx")
+    card = model_card(path)
+    from cxraug.io_utils import sha256_file
+
+    assert sha256_file(path) in card
+    assert "No Finding, Atelectasis, Effusion" in card
+    assert "opset ai.onnx 17" in card
+    assert "z float32 [N, 8]; label int64 [N]" in card
+    assert "image float32 [N, 16, 16, 1]" in card
+    assert "epoch 3, step 42" in card and 'name = "test"' in card
+    plain = model_card(make_generator(tmp_path / "plain.onnx", drop_meta=True))
+    assert "WARNING" in plain and "no cxraug metadata" in plain
+
+
+def test_cli_inspect(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cxraug.cli import main
+
+    path = make_generator(tmp_path / "g.onnx")
+    assert main(["inspect", str(path)]) == 0
+    assert "label mode   index" in capsys.readouterr().out
+    assert main(["inspect", os.fspath(tmp_path / "nope.onnx")]) == 2
+    assert capsys.readouterr().err.startswith("error: model ")
