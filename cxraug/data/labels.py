@@ -697,11 +697,13 @@ def load_label_table(
     train_val_list: str | os.PathLike | None = None,
     test_list: str | os.PathLike | None = None,
     frame: pd.DataFrame | None = None,
+    require_rows: bool = True,
 ) -> LabelTable:
     """CSV path + options -> :class:`LabelTable`: read, view filter, classes, policy, split.
 
     Classes are chosen on the view-filtered rows, before the policy drops any. Pass ``frame`` to
-    reuse an already read CSV.
+    reuse an already read CSV. ``require_rows``: an empty result is an error (for prepare; counting
+    accepts zero).
     """
     csv_path = Path(csv_path)
     full = read_nih_csv(csv_path) if frame is None else frame
@@ -711,7 +713,7 @@ def load_label_table(
     table = apply_policy(rows, names, multi_label, csv_path)
     if dropped_view:
         table.dropped = {f"view not {str(view).upper()}": dropped_view, **table.dropped}
-    if not len(table):
+    if require_rows and not len(table):
         raise CxrError(f"{csv_path}: no image is left after the class and multi-label policy "
                        f"(classes {', '.join(names)}, --multi-label {multi_label}"
                        f"{', --view ' + str(view) if view else ''})")
@@ -742,7 +744,7 @@ def count_per_class(
     ``multi_label="keep"`` an image counts once for every selected class it carries.
     """
     table = load_label_table(csv_path, classes=classes, top_k=top_k, multi_label=multi_label,
-                             view=view, split=False)
+                             view=view, split=False, require_rows=False)
     if split_list is not None:
         wanted = np.array(sorted(read_name_list(split_list)), dtype=object)
         table = table.subset(np.isin(table.image_index, wanted))

@@ -99,7 +99,7 @@ def _format_field(value: object) -> str:
             return ""
         if value.is_integer() and abs(value) < 1e15:
             return str(int(value))
-        return repr(value)
+        return repr(float(value))  # np.float64's repr is 'np.float64(x)'
     if value is pd.NA or value is pd.NaT:
         return ""
     return str(value)
