@@ -26,6 +26,7 @@ ARCHS = ("paper", "paper-dcgan", "cxraug")
 LABEL_MODES = ("index", "multi-hot")
 LOSSES = ("bce", "hinge")
 DIFFAUG_POLICIES = ("translation", "cutout", "brightness", "contrast")
+FAKE_LABELS = ("uniform", "data")
 
 
 def _doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -78,9 +79,16 @@ class TrainConfig:
         default_factory=list,
     )
     class_balanced: bool = _doc("Sample every class equally often instead of by frequency.", False)
+    fake_labels: str = _doc(
+        "Labels of the fakes: uniform (every class equally often, the paper) | data (the real "
+        "batch's labels, shuffled, so real and fake label frequencies match). Multi-hot models "
+        "always use data.",
+        "uniform",
+    )
     steps_per_epoch: int = _doc("Steps per epoch; 0 means one pass over the split.", 0)
     seed: int = _doc("Seed for weights, sampling and noise (reproducible on CPU).", 0)
     checkpoint_every: int = _doc("Save a checkpoint every N epochs (and always at the end).", 5)
+    keep_checkpoints: int = _doc("Checkpoints kept on disk (the newest N).", 5)
     sample_every: int = _doc("Write a sample grid every N epochs.", 1)
     grid_columns: int = _doc("Fixed latent vectors (columns) in the sample grids.", 8)
     mixed_precision: bool = _doc("float16 compute on GPU (ignored on CPU).", False)
@@ -254,7 +262,9 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     for key in ("steps_per_epoch",):
         if getattr(t, key) < 0:
             fail(f"train.{key} must be 0 or more, got {getattr(t, key)}")
-    for key in ("checkpoint_every", "sample_every", "grid_columns"):
+    if t.fake_labels not in FAKE_LABELS:
+        fail(f"train.fake_labels must be one of {', '.join(FAKE_LABELS)}, got {t.fake_labels!r}")
+    for key in ("checkpoint_every", "sample_every", "grid_columns", "keep_checkpoints"):
         if getattr(t, key) < 1:
             fail(f"train.{key} must be at least 1, got {getattr(t, key)}")
     if recipe.data.split not in ("train", "val", "test", "all"):
