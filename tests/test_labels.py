@@ -202,6 +202,7 @@ def test_select_classes() -> None:
     assert select_classes(frame, classes=["Nodule", "Mass"]) == ["Nodule", "Mass"]
     with pytest.raises(CxrError, match="only 3 pathologies"):
         select_classes(frame, top_k=4)
+    assert select_classes(frame) == [NO_FINDING, "Effusion", "Mass", "Nodule"]  # default: <= 6
     with pytest.raises(CxrError, match="not both"):
         select_classes(frame, classes=["Mass"], top_k=2)
     with pytest.raises(CxrError, match="more than once"):

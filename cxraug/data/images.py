@@ -52,7 +52,8 @@ class ImageIndex:
         if path is not None:
             return path, ""
         if name in self.outside:
-            return None, f"symlink resolves outside the data root ({self.outside[name]})"
+            target = self.outside[name]
+            return None, f"rejected: symlink resolves outside the data root ({target})"
         return None, "missing: not found under the data root"
 
 

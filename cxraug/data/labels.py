@@ -23,7 +23,8 @@ Policies (documented here because every stage shares them):
   vector marks the selected classes it carries (non-selected pathologies are ignored); ``label`` is
   the class index when exactly one selected class is present, else ``-1``. ``No Finding`` is a class
   of its own (NIH never combines it with a pathology).
-* Class selection default (neither ``classes`` nor ``top_k``): ``top_k=6``, the paper's choice.
+* Class selection default (neither ``classes`` nor ``top_k``): ``top_k=6``, the paper's choice
+  (or as many pathologies as occur as an image's only label, when that is fewer than 6).
 """
 
 from __future__ import annotations
@@ -445,7 +446,7 @@ def select_classes(
     ``classes``: validated (known, no repeats) and kept in the user's order. ``top_k``: ``No
     Finding`` first, then the K pathologies that most often are an image's only label, sorted
     alphabetically (K=6 on NIH gives the paper's classes in the paper's order). Neither:
-    ``top_k=6``. Both: an error.
+    ``top_k=6``, or fewer when fewer pathologies occur alone. Both: an error.
     """
     if classes is not None and top_k is not None:
         raise CxrError("give either --classes or --top-k, not both")
@@ -466,6 +467,8 @@ def select_classes(
         raise CxrError(f"--top-k {k}: choose 1..{len(PATHOLOGIES)} pathologies")
     counts = single_label_counts(frame, path)
     pathologies = [n for n in counts.index if n != NO_FINDING]
+    if top_k is None and pathologies:
+        k = min(k, len(pathologies))  # the default adapts to small data sets; an explicit K not
     if len(pathologies) < k:
         raise CxrError(f"{path}: --top-k {k} but only {len(pathologies)} pathologies appear as an "
                        f"image's only label ({', '.join(pathologies) or 'none'}); lower --top-k "

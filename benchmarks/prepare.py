@@ -1,0 +1,181 @@
+"""Benchmark ``cxraug prepare``: throughput against this machine's PNG-decoding limit, and memory.
+
+Usage (from the repository root, with the NIH sample beside the checkout):
+
+    python benchmarks/prepare.py [--sample ../shared/nih-sample] [--workers 2] [--size 128]
+
+1. Limit: the rate at which Pillow alone decodes the sample's PNGs on one core
+   (``Image.open(p).load()``), times the number of workers. Measured in the same run, after one
+   pass that warms the page cache (prepare then reads warm files too).
+2. Ours: ``prepare`` on all 401 images (every label kept), wall time of the whole call: label
+   reading, indexing, decoding, resizing, HDF5 writing and the atomic rename.
+3. Memory: ``prepare`` in a fresh process for N=401 and for N=4,010 (the sample repeated ten times
+   under distinct names, hard links in a temporary root); the peak of the summed RSS of that process
+   and its decoder children, sampled from /proc every 20 ms. Flat memory means a ratio near 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def pillow_rate(paths: list[Path]) -> float:
+    """Images per second decoded by Pillow alone on one core."""
+    from PIL import Image
+
+    start = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as im:
+            im.load()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _tree_rss(pid: int) -> int:
+    """Summed resident memory (bytes) of ``pid`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            ppid, pages = int(fields[1]), int(fields[21])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(children.get(p, []))
+    return total
+
+
+def peak_memory_run(args: list[str]) -> tuple[float, dict]:
+    """Run ``args`` and sample its process tree's RSS; return (peak MiB, the JSON it printed)."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, _ = proc.communicate()
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed: {args}")
+    return peak / 2**20, json.loads(out.strip().splitlines()[-1])
+
+
+def child(root: str, csv_path: str, out: str, size: int, workers: int) -> None:
+    """Run one prepare (every label kept) and print its numbers as JSON."""
+    from cxraug.data.cache import prepare
+    from cxraug.data.nih import ALL_LABELS
+
+    start = time.perf_counter()
+    result = prepare(data_root=root, csv=csv_path, out=out, size=size, classes=list(ALL_LABELS),
+                     multi_label="keep", workers=workers, overwrite=True, progress=False)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"n": result.n_written, "seconds": seconds, "skipped": result.n_skipped}))
+
+
+def make_repeated(sample: Path, tmp: Path, times: int) -> tuple[Path, Path]:
+    """A root holding the sample ``times`` over under distinct NIH names, and its CSV."""
+    import pandas as pd
+
+    from cxraug.data.labels import read_nih_csv
+    from cxraug.data.nih import IMAGE_INDEX, PATIENT_ID, image_name, write_nih_csv
+
+    root = tmp / "root"
+    src = root / "images_000"
+    src.mkdir(parents=True)
+    frame = read_nih_csv(sample / "Data_Entry_2017.csv")
+    for name in frame[IMAGE_INDEX]:
+        shutil.copyfile(sample / "images" / name, src / name)
+    parts = []
+    for k in range(times):
+        copy = frame.copy()
+        copy[PATIENT_ID] = copy[PATIENT_ID] + k * 1_000_000
+        copy[IMAGE_INDEX] = [image_name(p, 0) for p in copy[PATIENT_ID]]
+        if k:
+            folder = root / f"images_{k:03d}"
+            folder.mkdir()
+            for old, new in zip(frame[IMAGE_INDEX], copy[IMAGE_INDEX], strict=True):
+                os.link(src / old, folder / new)
+        parts.append(copy)
+    csv_path = tmp / "Data_Entry_2017.csv"
+    write_nih_csv(pd.concat(parts, ignore_index=True), csv_path)
+    return root, csv_path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sample", type=Path, default=ROOT.parent / "shared" / "nih-sample")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=10, help="N multiplier for the memory test")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        root, csv_path, out, size, workers = args.child
+        child(root, csv_path, out, int(size), int(workers))
+        return
+
+    sample = args.sample
+    paths = sorted((sample / "images").glob("*.png"))
+    if not paths:
+        raise SystemExit(f"no PNGs under {sample / 'images'}")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+          f"{len(paths)} PNGs; workers {args.workers}; size {args.size}")
+    for p in paths:  # warm the page cache for both sides
+        p.read_bytes()
+
+    with tempfile.TemporaryDirectory(prefix="cxraug-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        base = pillow_rate(paths)
+        limit = base * args.workers
+        peak_small, ours = peak_memory_run(
+            [sys.executable, __file__, "--child", str(sample), str(sample / "Data_Entry_2017.csv"),
+             str(tmp / "small.h5"), str(args.size), str(args.workers)])
+        base_after = pillow_rate(paths)  # once more: the machine is shared, bracket ours
+        rate = ours["n"] / ours["seconds"]
+        limit_mean = (base + base_after) / 2 * args.workers
+        print(f"pillow decode only, 1 core : {base:7.1f} img/s (again after: {base_after:.1f})")
+        print(f"limit = that x {args.workers} workers : {limit_mean:7.1f} img/s")
+        print(f"prepare (whole call)       : {rate:7.1f} img/s  ({ours['n']} images, "
+              f"{ours['seconds']:.2f} s)")
+        print(f"ratio prepare / limit      : {rate / limit_mean:7.3f}  (target >= 0.85)")
+        del limit
+
+        root, csv_big = make_repeated(sample, tmp, args.repeat)
+        peak_big, big = peak_memory_run(
+            [sys.executable, __file__, "--child", str(root), str(csv_big), str(tmp / "big.h5"),
+             str(args.size), str(args.workers)])
+        print(f"peak RSS (process tree), N={ours['n']:>5}: {peak_small:7.1f} MiB")
+        print(f"peak RSS (process tree), N={big['n']:>5}: {peak_big:7.1f} MiB "
+              f"({big['n'] / big['seconds']:.1f} img/s)")
+        print(f"memory ratio N={big['n']} / N={ours['n']}: {peak_big / peak_small:.3f}")
+
+
+if __name__ == "__main__":
+    main()
