@@ -426,3 +426,13 @@ def test_smoke_onnx_end_to_end(smoke_onnx: Path, phantom_cache: Path, tmp_path: 
     mixed = pd.read_csv(tmp_path / "aug" / "mixed.csv")
     assert mixed["Finding Labels"].value_counts().to_dict() == dict.fromkeys(names, target)
     assert result.provider == "CPUExecutionProvider" or result.provider.startswith("CUDA")
+    # a real exported network gives the same floats whatever the batch size (so the same bytes)
+    from cxraug.synthesis.generator import OnnxGenerator
+
+    gen = OnnxGenerator(smoke_onnx, device="cpu")
+    z = latents(0, 1, range(20), gen.latent_dim)
+    lab = np.arange(20) % len(names)
+    whole = gen.generate(z, lab)
+    for batch in (1, 7):
+        parts = [gen.generate(z[s:s + batch], lab[s:s + batch]) for s in range(0, 20, batch)]
+        assert np.array_equal(np.concatenate(parts), whole)

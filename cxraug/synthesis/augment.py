@@ -270,16 +270,15 @@ def _real_from_cache(path: Path) -> RealData:
     return RealData(source=f"{path} (train split)", rows=rows, class_names=names, multi_hot=hot)
 
 
-def _index_images(root: Path) -> dict[str, Path]:
-    """File name -> path for every PNG under ``root`` (NIH unpacks to images_0NN/images/)."""
+def _real_paths(real: RealData, root: Path) -> list[str]:
+    """Each real row's file under ``root`` (the same escape-safe lookup as ``prepare``)."""
+    from ..data.images import index_images
+    from ..data.nih import IMAGE_INDEX
+
     if not root.is_dir():
         raise CxrError(f"--real-root {root}: not a folder; give the folder holding the real PNGs")
-    found: dict[str, Path] = {}
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            if name.lower().endswith(".png"):
-                found.setdefault(name, Path(folder) / name)
-    return found
+    index = index_images(root)
+    return [index.lookup(n)[0] or "" for n in real.rows[IMAGE_INDEX].astype(str)]
 
 
 # ----------------------------------------------------------------------------- result
@@ -594,12 +593,12 @@ def augment(
     progress: bool = True,
     *,
     threads: int | None = None,
-    spinning: bool = False,
+    spinning: bool = True,
 ) -> AugmentResult:
     """Generate a class-balanced synthetic NIH-format data set (see the module docstring).
 
     ``threads``/``spinning``: onnxruntime intra-op threads (default: every core) and whether idle
-    ones busy-wait (off by default: the PNG writer threads need those cycles).
+    ones busy-wait (onnxruntime's default; benchmarks/augment.py measures both).
     """
     from ..data.nih import write_nih_csv
 
@@ -670,11 +669,7 @@ def augment(
     real_paths: list[str] | None = None
     real_missing = 0
     if real is not None and real_root is not None:
-        from ..data.nih import IMAGE_INDEX
-
-        found = _index_images(Path(real_root))
-        real_paths = [str(found[n]) if n in found else ""
-                      for n in real.rows[IMAGE_INDEX].astype(str)]
+        real_paths = _real_paths(real, Path(real_root))
         real_missing = sum(1 for p in real_paths if not p)
         if real_paths and real_missing == len(real_paths):
             raise CxrError(f"--real-root {real_root}: none of the {len(real_paths):,} real images "
@@ -682,7 +677,7 @@ def augment(
 
     workers = workers or min(4, os.cpu_count() or 1)
     part_name = f"shard-{shard_i}-of-{shard_n}"
-    paths: dict[str, Path] = {}
+    paths: dict[str, Path] = {"images": out / IMAGES if layout == "flat" else out}
     timings = {"inference_s": 0.0, "latents_s": 0.0, "wait_writers_s": 0.0}
     generated = 0
 

@@ -1,0 +1,112 @@
+"""Benchmark: ``augment`` end to end against pure onnxruntime inference of the same generator.
+
+Both sides use the same ONNX file, the same batch size and the same session options
+(:func:`cxraug.synthesis.generator.session_options`). The baseline only calls ``session.run`` on
+pre-made latents; ``augment`` also makes the latents, encodes and atomically writes every PNG (at
+the model's size), writes the CSVs and the manifest, and includes session start-up. Goal: augment
+at least 0.8 of the baseline's images/s.
+
+The generator is the cxraug-128 recipe's network with random weights (the cost per image does not
+depend on training), exported with ``cxraug.export.onnx_export.export_generator``; the export runs
+once and is cached under the temp folder. ``--model`` benchmarks any exported file instead.
+
+    python benchmarks/augment.py [--n 448] [--batch-size 64] [--model FILE.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(tempfile.gettempdir()) / "cxraug-bench" / "cxraug-128-random.onnx"
+
+
+def export_default(path: Path) -> Path:
+    """The cxraug-128 generator with random weights, exported as ``cxraug export-onnx`` does."""
+    if path.is_file():
+        return path
+    import keras
+
+    from cxraug.data.nih import PAPER_CLASSES
+    from cxraug.export.onnx_export import export_generator
+    from cxraug.models import build_generator
+    from cxraug.training.recipe import load_recipe
+
+    recipe = load_recipe("cxraug-128")
+    keras.utils.set_random_seed(0)
+    model = build_generator(recipe.model, len(PAPER_CLASSES))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_generator(model, path, progress=False, metadata={
+        "class_names": list(PAPER_CLASSES), "recipe": recipe.to_toml(),
+        "recipe_name": recipe.name, "arch": recipe.model.arch,
+        "data_fingerprint": "random-weights", "epoch": 0, "step": 0})
+    return path
+
+
+def pure_inference(model: Path, n: int, batch: int, spinning: bool) -> float:
+    """Images/s of ``session.run`` alone (one warm-up batch not counted)."""
+    from cxraug.synthesis.generator import OnnxGenerator
+
+    gen = OnnxGenerator(model, device="cpu", spinning=spinning)
+    classes = len(gen.class_names)
+    z = np.random.default_rng(0).standard_normal((n, gen.latent_dim)).astype(np.float32)
+    labels = np.arange(n, dtype=np.int64) % classes
+    feeds = {"z": z[:batch], "label": labels[:batch]}
+    gen.session.run(["image"], feeds)
+    start = time.perf_counter()
+    for s in range(0, n, batch):
+        gen.session.run(["image"], {"z": z[s:s + batch], "label": labels[s:s + batch]})
+    return n / (time.perf_counter() - start)
+
+
+def augment_rate(model: Path, n: int, batch: int, spinning: bool, workdir: Path) -> float:
+    """Images/s of the whole ``augment`` call: start-up, latents, inference, PNGs, CSVs."""
+    from cxraug.synthesis.augment import augment
+    from cxraug.synthesis.generator import OnnxGenerator
+
+    classes = len(OnnxGenerator(model, device="cpu").class_names)
+    out = workdir / f"aug-{int(spinning)}"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = augment(model=model, out=out, per_class=n // classes, batch_size=batch,
+                     device="cpu", progress=False, spinning=spinning)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return result.generated / seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--n", type=int, default=448, help="images per measurement")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    model = args.model or export_default(CACHE)
+    from cxraug.synthesis.generator import model_card
+
+    print(next(line for line in model_card(model).splitlines() if line.startswith("graph")))
+    print(f"cores {os.cpu_count()}, n {args.n}, batch {args.batch_size}, model {model}")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for spinning in (False, True):
+            base = pure_inference(model, args.n, args.batch_size, spinning)
+            ours = augment_rate(model, args.n, args.batch_size, spinning, Path(tmp))
+            rows.append((spinning, base, ours))
+            print(f"spinning={'on ' if spinning else 'off'}  pure onnxruntime {base:7.2f} img/s"
+                  f"   augment end to end {ours:7.2f} img/s   ratio {ours / base:.2f}")
+        best_base = max(r[1] for r in rows)
+        default = rows[0][2]  # augment's default: spinning off
+        print(f"augment (default options) / best pure inference: {default / best_base:.2f} "
+              "(goal >= 0.8)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
