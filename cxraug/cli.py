@@ -309,7 +309,11 @@ def demo(
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     try:
-        app(args=argv, prog_name="cxraug", standalone_mode=False)
+        code = app(args=argv, prog_name="cxraug", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into Exit(130) and returns it in this mode
+            raise KeyboardInterrupt
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            return code
     except CxrError as exc:
         typer.echo(f"error: {exc}", err=True)
         return exc.exit_code

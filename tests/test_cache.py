@@ -66,6 +66,9 @@ def test_round_trip_reads_back_what_was_written(small_set: tuple[Path, Path],
                              multi_label="keep", val_fraction=0.2, test_fraction=0.2, seed=4)
     assert result.n_written == len(table) == 24 and result.n_skipped == 0
     assert "24 images" in result.summary()
+    assert result.split_sizes == {s: int((table.split == i).sum()) for i, s in
+                                  enumerate(("train", "val", "test"))}
+    assert f"split: train {result.split_sizes['train']}, " in result.summary()
     with CacheReader(out) as cache:
         assert cache.n == 24 and cache.size == 16
         assert cache.class_names == ["No Finding", "Mass", "Nodule"]
@@ -306,3 +309,25 @@ def test_nih_sample_prepare(nih_sample: Path, tmp_path: Path) -> None:
         for i, name in enumerate(cache.image_index):
             assert (pixels[i] == load_gray(index[name], 64)).all()
         assert cache.attrs["options"]["multi_label"] == "keep"
+
+
+@pytest.mark.slow
+def test_sigterm_through_the_cli_leaves_nothing(nih_sample: Path, tmp_path: Path) -> None:
+    """A real run with decoder processes, stopped mid-way: exit 130, no cache, no temp file."""
+    import signal
+    import time
+
+    out = tmp_path / "t.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxraug.cli", "prepare", str(nih_sample), "--csv",
+         str(nih_sample / "Data_Entry_2017.csv"), "--out", str(out), "--classes",
+         ",".join(ALL_LABELS), "--multi-label", "keep", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".t.h5.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".t.h5.*")), "prepare never started writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert list(tmp_path.iterdir()) == []

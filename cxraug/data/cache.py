@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,33 @@ def report_path_for(out: str | os.PathLike) -> Path:
 def _worker_init() -> None:
     """Decoder processes leave Ctrl-C to the parent, which stops the pool and cleans up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM stop the run at the next decoded image, so the temp file is removed.
+
+    The handler only sets the yielded event, which the writer loop checks: an exception raised
+    at an arbitrary point (inside the process pool's bookkeeping, or during a fork) can leave the
+    pool deadlocked or be swallowed. A second signal raises at once.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, str]:
@@ -138,7 +166,8 @@ class PrepareResult:
     n_skipped: int
     n_csv_rows: int
     class_names: list[str]
-    counts: dict[str, dict[str, int]]  # split -> class -> images
+    counts: dict[str, dict[str, int]]  # split -> class -> images (multi-hot column sums)
+    split_sizes: dict[str, int] = field(default_factory=dict)  # split -> images
     dropped: dict[str, int] = field(default_factory=dict)
     skip_reasons: dict[str, int] = field(default_factory=dict)
     size: int = 128
@@ -151,7 +180,7 @@ class PrepareResult:
             f"wrote {self.out}: {self.n_written} images at {self.size}x{self.size}, "
             f"{len(self.class_names)} classes, fingerprint {self.fingerprint} "
             f"({self.seconds:.1f} s, {rate:.0f} images/s)",
-            "split: " + ", ".join(f"{s} {sum(self.counts[s].values())}" for s in SPLIT_NAMES),
+            "split: " + ", ".join(f"{s} {self.split_sizes.get(s, 0)}" for s in SPLIT_NAMES),
         ]
         if self.dropped:
             lines.append(f"{self.n_csv_rows} CSV rows; left out by the label policy: "
@@ -173,6 +202,7 @@ def _write_report(path: Path, skipped: list[tuple[str, str]]) -> None:
     writer.writerow(["image", "reason"])
     writer.writerows(skipped)
     write_text_atomic(path, buf.getvalue())
+    _umask_permissions(path)
 
 
 def _options(size: int, table: LabelTable, classes: Sequence[str] | None, top_k: int | None,
@@ -257,14 +287,14 @@ def prepare(
     options = _options(size, table, classes, top_k, view, val_fraction, test_fraction, seed,
                        *list_paths)
     kept = np.zeros(len(names), dtype=bool)
-    with atomic_path(out, suffix=".h5") as tmp:
+    with _interruptible() as stop, atomic_path(out, suffix=".h5") as tmp:
         stream = contextlib.closing(decode_stream(items, size, workers))
         with stream as decoded, h5py.File(tmp, "w") as h5:
             images = h5.create_dataset("images", shape=(len(items), size, size),
                                        maxshape=(None, size, size), dtype=np.uint8,
                                        chunks=(1, size, size))
             written = _stream_images(decoded, images, names, kept, skipped, size,
-                                     len(items), progress)
+                                     len(items), progress, stop)
             if written == 0:
                 h5.close()
                 _write_report(report, skipped)
@@ -284,7 +314,9 @@ def prepare(
     return PrepareResult(
         out=out, report_path=report, n_written=int(kept.sum()), n_skipped=len(skipped),
         n_csv_rows=len(table) + sum(table.dropped.values()), class_names=table.class_names,
-        counts=counts, dropped=dict(table.dropped), skip_reasons=reasons, size=size,
+        counts=counts, split_sizes={s: int((final.split == i).sum()) for i, s in
+                                    enumerate(SPLIT_NAMES)},
+        dropped=dict(table.dropped), skip_reasons=reasons, size=size,
         seconds=time.perf_counter() - started, fingerprint=fingerprint,
     )
 
@@ -298,7 +330,7 @@ def _umask_permissions(path: Path) -> None:
 
 def _stream_images(stream: Iterator[tuple[int, np.ndarray | None, str]], images: h5py.Dataset,
                    names: np.ndarray, kept: np.ndarray, skipped: list[tuple[str, str]],
-                   size: int, total: int, progress: bool) -> int:
+                   size: int, total: int, progress: bool, stop: threading.Event) -> int:
     """Write decoded images to ``images`` in slabs as they arrive; return how many were written."""
     slab_n = max(1, _SLAB_BYTES // (size * size))
     buffer: list[np.ndarray] = []
@@ -307,6 +339,8 @@ def _stream_images(stream: Iterator[tuple[int, np.ndarray | None, str]], images:
                dynamic_ncols=True, mininterval=0.5)
     try:
         for pos, pixels, reason in stream:
+            if stop.is_set():
+                raise KeyboardInterrupt
             bar.update(1)
             if pixels is None:
                 skipped.append((str(names[pos]), reason))
