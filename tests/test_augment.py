@@ -329,30 +329,40 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", code, *args]
 
 
+def _start_and_stop(args: list[str], images: Path, at_least: int, sig: int) -> int:
+    """Start ``cxraug augment`` in a subprocess, send ``sig`` once ``at_least`` PNGs exist."""
+    proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if images.is_dir() and len(os.listdir(images)) >= at_least:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
+    os.kill(proc.pid, sig)
+    return proc.wait()
+
+
 @pytest.mark.slow
-def test_kill_9_and_resume(tmp_path: Path) -> None:
+def test_ctrl_c_then_kill_9_then_resume(tmp_path: Path) -> None:
     model = make_generator(tmp_path / "g.onnx", size=32, channels=8)
     out = tmp_path / "aug"
+    images = out / "images"
     args = ["augment", "--model", str(model), "--out", str(out), "--per-class", "700",
             "--classes", "Effusion,Mass,Nodule", "--batch-size", "8", "--device", "cpu",
             "--seed", "3"]
-    proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    images = out / "images"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if images.is_dir() and len(os.listdir(images)) >= 300:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len([n for n in os.listdir(images) if n.endswith(".png")])
-    assert 0 < done_before < 2100
-    # whatever CSV exists lists only complete files
-    if (out / "Data_Entry_2017.csv").exists():
-        for name in read_nih_csv(out / "Data_Entry_2017.csv")["Image Index"]:
-            assert png_ok(images / name)
+    # Ctrl-C: exit 130, and the CSV lists exactly the complete files on disk
+    assert _start_and_stop(args, images, 200, signal.SIGINT) == 130
+    names = sorted(os.listdir(images))
+    assert 0 < len(names) < 2100 and all(n.endswith(".png") for n in names)
+    assert sorted(read_nih_csv(out / "Data_Entry_2017.csv")["Image Index"]) == names
+    # kill -9 during the resumed run: whatever CSV exists lists only complete files
+    rc = _start_and_stop([*args, "--resume"], images, len(names) + 300, signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    pngs = [n for n in os.listdir(images) if n.endswith(".png")]
+    assert len(names) < len(pngs) < 2100
+    for name in read_nih_csv(out / "Data_Entry_2017.csv")["Image Index"]:
+        assert png_ok(images / name)
     rerun = subprocess.run(_cli(*args, "--resume"), cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     names = sorted(os.listdir(images))

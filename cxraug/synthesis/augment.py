@@ -593,12 +593,13 @@ def augment(
     progress: bool = True,
     *,
     threads: int | None = None,
-    spinning: bool = True,
+    spinning: bool = False,
 ) -> AugmentResult:
     """Generate a class-balanced synthetic NIH-format data set (see the module docstring).
 
     ``threads``/``spinning``: onnxruntime intra-op threads (default: every core) and whether idle
-    ones busy-wait (onnxruntime's default; benchmarks/augment.py measures both).
+    ones busy-wait (off: the PNG writer threads and anything else on the machine need those
+    cycles; benchmarks/augment.py measures both).
     """
     from ..data.nih import write_nih_csv
 
@@ -745,66 +746,89 @@ def augment(
                         "generated": generated},
         }
 
-    # ---- generate: inference on this thread, PNG encoding + writing on the pool
+    # ---- generate: inference on this thread, PNG encoding + writing on the pool. Batches run
+    # across class boundaries, so every batch is full whatever the per-class counts; each class
+    # has its own progress bar and the CSVs are rewritten whenever a class is complete.
     from tqdm import tqdm
+
+    work: list[tuple[int, int]] = []  # (target position, k), in CSV order
+    remaining: list[int] = []
+    shares: list[int] = []
+    for i, t in enumerate(targets):
+        todo = [k for k in range(t.count) if mine(k) and k not in present[t.code]]
+        work += [(i, k) for k in todo]
+        remaining.append(len(todo))
+        shares.append(sum(1 for k in range(t.count) if mine(k)) if shard_n > 1 else t.count)
+    bars: dict[int, Any] = {}
+
+    def bar_for(i: int) -> Any:
+        if i not in bars:
+            share = shares[i]
+            bars[i] = tqdm(total=share, initial=share - remaining[i], desc=targets[i].name[:24],
+                           unit="img", disable=not progress, file=sys.stderr, leave=True)
+        return bars[i]
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxraug-png")
     pending: set[Future] = set()
-    owner: dict[Future, int] = {}  # future -> target code
+    owner: dict[Future, int] = {}  # future -> target position
 
-    def collect(done: Iterable[Future]) -> int:
-        """Record finished writes; returns how many images they wrote."""
+    def collect(done: Iterable[Future]) -> None:
+        """Record finished writes; a class whose last image landed gets its CSV update."""
         nonlocal generated
-        n = 0
         for fut in done:
+            i = owner.pop(fut)
             ks = fut.result()
-            present[owner.pop(fut)].update(ks)
-            n += len(ks)
-        generated += n
-        return n
+            present[targets[i].code].update(ks)
+            generated += len(ks)
+            remaining[i] -= len(ks)
+            bar_for(i).update(len(ks))
+            if remaining[i] == 0:
+                bar_for(i).close()
+                write_outputs(final=False)
 
+    label_of = np.array([t.classes[0] for t in targets], dtype=np.int64)
+    hot_of = np.zeros((len(targets), len(gen.class_names)), dtype=np.float32)
+    for i, t in enumerate(targets):
+        hot_of[i, list(t.classes)] = 1.0
     try:
-        for t in targets:
-            todo = [k for k in range(t.count) if mine(k) and k not in present[t.code]]
-            share = sum(1 for k in range(t.count) if mine(k))
-            folder = out / (t.folder if layout == "class-folders" else IMAGES)
-            bar = tqdm(total=share, initial=share - len(todo), desc=t.name[:24], unit="img",
-                       disable=not progress or share == 0, file=sys.stderr, leave=True)
-            with bar:
-                for start in range(0, len(todo), batch_size):
-                    ks = todo[start:start + batch_size]
-                    t0 = time.perf_counter()
-                    z = latents(seed, t.key, ks, gen.latent_dim)
-                    if gen.label_mode == "multi-hot":
-                        lab = np.zeros((len(ks), len(gen.class_names)), dtype=np.float32)
-                        lab[:, list(t.classes)] = 1.0
-                    else:
-                        lab = np.full(len(ks), t.classes[0], dtype=np.int64)
-                    t1 = time.perf_counter()
-                    images = gen.generate(z, lab)
-                    t2 = time.perf_counter()
-                    timings["latents_s"] += t1 - t0
-                    timings["inference_s"] += t2 - t1
-                    step = max(1, -(-len(ks) // workers))
-                    for s in range(0, len(ks), step):
-                        chunk = ks[s:s + step]
-                        fut = pool.submit(_write_batch, images[s:s + step],
-                                          [folder / synthetic_name(t.code, k) for k in chunk],
-                                          chunk, size)
-                        pending.add(fut)
-                        owner[fut] = t.code
-                    while len(pending) > 2 * workers:
-                        t3 = time.perf_counter()
-                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        timings["wait_writers_s"] += time.perf_counter() - t3
-                        pending -= done
-                        bar.update(collect(done))
+        for start in range(0, len(work), batch_size):
+            batch = work[start:start + batch_size]
+            rows = np.array([i for i, _ in batch], dtype=np.int64)
+            t0 = time.perf_counter()
+            # contiguous runs of one target: [(target position, first row, end row)]
+            cuts = [0] + [j for j in range(1, len(batch)) if batch[j][0] != batch[j - 1][0]]
+            runs = [(batch[c][0], c, e) for c, e in zip(cuts, cuts[1:] + [len(batch)],
+                                                         strict=True)]
+            z = np.concatenate([latents(seed, targets[i].key, [k for _, k in batch[c:e]],
+                                        gen.latent_dim) for i, c, e in runs])
+            lab = hot_of[rows] if gen.label_mode == "multi-hot" else label_of[rows]
+            t1 = time.perf_counter()
+            images = gen.generate(z, lab)
+            t2 = time.perf_counter()
+            timings["latents_s"] += t1 - t0
+            timings["inference_s"] += t2 - t1
+            step = max(1, -(-len(batch) // workers))
+            for i, c, e in runs:
+                t = targets[i]
+                folder = out / (t.folder if layout == "class-folders" else IMAGES)
+                bar_for(i)
+                for s0 in range(c, e, step):
+                    ks = [k for _, k in batch[s0:min(e, s0 + step)]]
+                    fut = pool.submit(_write_batch, images[s0:s0 + len(ks)],
+                                      [folder / synthetic_name(t.code, k) for k in ks], ks, size)
+                    pending.add(fut)
+                    owner[fut] = i
+            while len(pending) > 2 * workers:
                 t3 = time.perf_counter()
-                done, _ = wait(pending)
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 timings["wait_writers_s"] += time.perf_counter() - t3
-                pending.clear()
-                bar.update(collect(done))
-            write_outputs(final=False)
+                pending -= done
+                collect(done)
+        t3 = time.perf_counter()
+        done, _ = wait(pending)
+        timings["wait_writers_s"] += time.perf_counter() - t3
+        pending.clear()
+        collect(done)
     except BaseException:
         # Ctrl-C or a write error: keep what is complete, list exactly that, then re-raise
         for fut in pending:
@@ -813,9 +837,13 @@ def augment(
         finished = [f for f in pending if not f.cancelled() and f.exception() is None]
         with contextlib.suppress(Exception):
             collect(finished)
+        for bar in bars.values():
+            bar.close()
         with contextlib.suppress(Exception):
             write_outputs(final=False)
         raise
+    for bar in bars.values():
+        bar.close()
     pool.shutdown(wait=True)
     write_outputs(final=True)
     return AugmentResult(
