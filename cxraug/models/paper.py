@@ -1,0 +1,104 @@
+"""The paper's networks (Ng & Gubbi), layer for layer, with sizes taken from the ModelConfig.
+
+At 128x128 with 7 classes these are exactly the published models: the conditional generator has
+1,704,799 parameters and the discriminator 2,079,839 (as built in Keras 3), and the unconditional
+DCGAN 1,364,481 and 1,031,745. Scaling to other sizes keeps the paper's shape: the latent grid is
+``S/16`` (8x8 at 128), four stride-2 transposed convolutions reach ``S``, and the final convolution
+has an ``S/8`` kernel (16x16 at 128).
+
+Two deliberate departures that change nothing the model computes:
+
+* The discriminator returns **logits**; the paper's final sigmoid is folded into the loss
+  (``sigmoid_cross_entropy_with_logits`` is the same function, computed stably).
+* With ``fast_conv_grad`` the final convolution is a :class:`FastGradConv2D`: the same weights and
+  forward op as ``Conv2D``, with a gradient that does not take minutes on CPU.
+
+``label_mode = "multi-hot"`` (not in the paper) replaces each label ``Embedding`` by a bias-free
+``Dense`` of the same size, i.e. the sum of the present classes' embeddings.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from ..training.recipe import ModelConfig
+from .layers import FastGradConv2D
+
+
+def _label_input(cfg: ModelConfig, num_classes: int) -> keras.KerasTensor:
+    if cfg.label_mode == "multi-hot":
+        return keras.Input(shape=(num_classes,), dtype="float32", name="labels")
+    return keras.Input(shape=(), dtype="int32", name="label")
+
+
+def _label_embedding(cfg: ModelConfig, num_classes: int, label: keras.KerasTensor,
+                     name: str) -> keras.KerasTensor:
+    if cfg.label_mode == "multi-hot":
+        return layers.Dense(cfg.embedding_dim, use_bias=False, name=name)(label)
+    return layers.Embedding(num_classes, cfg.embedding_dim, name=name)(label)
+
+
+def _final_conv(cfg: ModelConfig) -> layers.Conv2D:
+    """``Conv2D(1, S/8, same, tanh)``, with the fast gradient when configured."""
+    kernel = cfg.image_size // 8
+    kwargs = dict(filters=1, kernel_size=kernel, padding="same", activation="tanh", name="image")
+    if cfg.fast_conv_grad:
+        return FastGradConv2D(**kwargs)
+    return layers.Conv2D(**kwargs)
+
+
+def _upsampling_trunk(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTensor:
+    for i in range(4):
+        x = layers.Conv2DTranspose(cfg.filters, 4, strides=2, padding="same", name=f"up{i + 1}")(x)
+        x = layers.LeakyReLU(negative_slope=0.2, name=f"up{i + 1}_lrelu")(x)
+    return _final_conv(cfg)(x)
+
+
+def seed_channels(cfg: ModelConfig) -> int:
+    """Channels of the latent grid: 64 at the paper's 128 filters."""
+    return max(1, cfg.filters // 2)
+
+
+def build_paper_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
+    """z (+ label) -> the paper's generator; conditional unless ``cfg.arch == 'paper-dcgan'``."""
+    grid = cfg.image_size // 16
+    seed = seed_channels(cfg)
+    z = keras.Input(shape=(cfg.latent_dim,), dtype="float32", name="z")
+    x = layers.Dense(grid * grid * seed, name="z_dense")(z)
+    x = layers.LeakyReLU(negative_slope=0.2, name="z_lrelu")(x)
+    x = layers.Reshape((grid, grid, seed), name="z_grid")(x)
+    if cfg.arch == "paper-dcgan":
+        return keras.Model(z, _upsampling_trunk(x, cfg), name="paper_dcgan_generator")
+    label = _label_input(cfg, num_classes)
+    e = _label_embedding(cfg, num_classes, label, "label_embedding")
+    e = layers.Dense(grid * grid * seed, name="label_dense")(e)
+    e = layers.Reshape((grid, grid, seed), name="label_grid")(e)
+    x = layers.Concatenate(name="merge")([x, e])
+    return keras.Model([z, label], _upsampling_trunk(x, cfg), name="paper_generator")
+
+
+def build_paper_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Model:
+    """(image [+ label]) -> logits [N, 1]; the paper's sigmoid lives in the loss."""
+    s = cfg.image_size
+    image = keras.Input(shape=(s, s, 1), dtype="float32", name="image")
+    if cfg.arch == "paper-dcgan":
+        # the paper's unconditional discriminator: its last convolution has half the filters
+        widths = [cfg.filters] * 3 + [seed_channels(cfg)]
+        x, inputs = image, image
+    else:
+        widths = [cfg.filters] * 4
+        label = _label_input(cfg, num_classes)
+        e = _label_embedding(cfg, num_classes, label, "label_embedding")
+        e = layers.Dense(s * s, name="label_dense")(e)
+        e = layers.Reshape((s, s, 1), name="label_channel")(e)
+        x = layers.Concatenate(name="merge")([image, e])
+        inputs = [image, label]
+    for i, width in enumerate(widths):
+        x = layers.Conv2D(width, 5, strides=2, padding="same", name=f"down{i + 1}")(x)
+        x = layers.LeakyReLU(negative_slope=0.2, name=f"down{i + 1}_lrelu")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(0.4, name="dropout")(x)
+    logits = layers.Dense(1, name="logits")(x)
+    name = "paper_dcgan_discriminator" if cfg.arch == "paper-dcgan" else "paper_discriminator"
+    return keras.Model(inputs, logits, name=name)
