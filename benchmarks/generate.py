@@ -1,0 +1,231 @@
+"""Generator speed: the exported ONNX model in onnxruntime (CPU) against the same model in Keras.
+
+One run measures, for the paper's architecture and cxraug's default (random weights: speed does
+not depend on training), images/s at 128x128:
+
+* Keras at its best: ``model(z, label, training=False)`` under ``tf.function`` (with and without
+  XLA) and ``predict_on_batch``;
+* onnxruntime on the raw tf2onnx graph and on the cleaned graph that ``cxraug export-onnx`` ships,
+  under several session options (optimization level, threads);
+* the limit: FLOPs per image (2 x MACs of every Conv/ConvTranspose/MatMul/Gemm in the exported
+  graph at batch 1) against the FLOP/s of a large fp32 MatMul in onnxruntime measured in the same
+  run: ``limit img/s = matmul FLOP/s / FLOPs per image``.
+
+Run: ``python benchmarks/generate.py`` (about 3-4 minutes on 2 cores). Numbers are medians of the
+per-batch wall time, which keeps load from other processes on a shared machine out of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def median_batch_seconds(step: Callable[[], Any], seconds: float, min_runs: int = 3) -> float:
+    """Median wall time of one call after a warm-up call, over ``seconds`` (at least min_runs)."""
+    step()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_flops(threads: int, n: int = 2048, seconds: float = 4.0) -> float:
+    """FLOP/s of an fp32 ``[n, n] x [n, n]`` MatMul in onnxruntime: the CPU's practical peak."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), session_opts(threads, "all"),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal((n, n)).astype(np.float32) for k in ("a", "b")}
+    sec = median_batch_seconds(lambda: session.run(None, feeds), seconds)
+    return 2.0 * n**3 / sec
+
+
+def session_opts(threads: int, level: str, spinning: bool = True) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def flops_per_image(model: Any) -> float:
+    """2 x multiply-accumulates of the compute ops in an ONNX graph, at batch size 1."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for vi in model.graph.input:
+        dim = vi.type.tensor_type.shape.dim
+        if dim and not dim[0].HasField("dim_value"):
+            dim[0].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    weights = {t.name: list(numpy_helper.to_array(t).shape) for t in model.graph.initializer}
+    shapes.update(weights)
+    total = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0])
+        if node.op_type == "Conv":
+            w = shapes[node.input[1]]  # [Cout, Cin/g, kh, kw]
+            total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose":
+            w = shapes[node.input[1]]  # [Cin, Cout/g, kh, kw]
+            x = shapes[node.input[0]]
+            total += 2 * int(np.prod(x)) * int(np.prod(w[1:]))
+        elif node.op_type in ("MatMul", "Gemm"):
+            a, b = shapes[node.input[0]], shapes[node.input[1]]
+            total += 2 * int(np.prod(a)) * int(b[-1])
+    return float(total)
+
+
+def bench_arch(recipe_name: str, batch: int, seconds: float, threads: int,
+               tmp: Path) -> list[tuple[str, float]]:
+    """Rows (variant, images/s) for one architecture; prints as it goes."""
+    import tensorflow as tf
+
+    from cxraug.export import onnx_export as ox
+    from cxraug.models import build_generator
+    from cxraug.training.recipe import load_recipe
+
+    recipe = load_recipe(recipe_name)
+    classes = [f"class{i}" for i in range(7)]
+    keras.utils.set_random_seed(0)
+    model = build_generator(recipe.model, len(classes))
+    spec = ox.generator_spec(model)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((batch, spec.latent_dim)).astype(np.float32)
+    label = (np.arange(batch) % len(classes)).astype(np.int64)
+    rows: list[tuple[str, float]] = []
+
+    def record(name: str, sec: float) -> None:
+        rows.append((name, batch / sec))
+        print(f"  {recipe_name:11s} {name:42s} {batch / sec:8.1f} img/s", flush=True)
+
+    # ---- Keras, its fastest ways
+    z_tf, l_tf = tf.constant(z), tf.constant(label.astype(np.int32))
+    fn = tf.function(lambda a, b: model([a, b], training=False))
+    record("keras tf.function", median_batch_seconds(lambda: fn(z_tf, l_tf).numpy(), seconds))
+    xla = tf.function(lambda a, b: model([a, b], training=False), jit_compile=True)
+    try:
+        record("keras tf.function(jit_compile=True)",
+               median_batch_seconds(lambda: xla(z_tf, l_tf).numpy(), seconds))
+    except Exception as exc:  # XLA may reject a custom op; the others still count
+        print(f"  {recipe_name:11s} XLA failed: {type(exc).__name__}")
+    record("keras predict_on_batch", median_batch_seconds(
+        lambda: model.predict_on_batch([z, label.astype(np.int32)]), seconds))
+
+    # ---- onnxruntime: raw tf2onnx graph vs the shipped (cleaned) file
+    import onnxruntime as ort
+
+    raw = ox.to_onnx(model)
+    out = tmp / f"{recipe_name}.onnx"
+    result = ox.export_generator(model, out, {"class_names": classes,
+                                              "arch": recipe.model.arch}, progress=False)
+    import onnx
+
+    shipped = onnx.load(str(out))
+    feeds = {"z": z, "label": label}
+    t = f"{threads} threads"
+    variants = [(f"raw tf2onnx, ALL, {t}", raw, threads, "all"),
+                (f"cxraug export, BASIC, {t}", shipped, threads, "basic"),
+                (f"cxraug export, EXTENDED, {t}", shipped, threads, "extended"),
+                ("cxraug export, ALL, 1 thread", shipped, 1, "all"),
+                (f"cxraug export, ALL, {t}, no spinning", shipped, threads, "all"),
+                (f"cxraug export, ALL, {t}", shipped, threads, "all")]
+    for name, proto, n_threads, level in variants:
+        opts = session_opts(n_threads, level, spinning="no spinning" not in name)
+        session = ort.InferenceSession(proto.SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"])
+        record("ort " + name, median_batch_seconds(lambda s=session: s.run(None, feeds),
+                                                   seconds))
+    flops = flops_per_image(shipped)
+    rows.append(("__flops__", flops))
+    rows.append(("__diff__", result.max_abs_diff))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=4.0, help="time per measurement")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--recipes", default="paper-128,cxraug-128")
+    args = parser.parse_args(argv)
+
+    global keras
+    import keras
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, onnxruntime "
+          f"{ort.__version__}, {os.cpu_count()} CPUs, batch {args.batch}", flush=True)
+    started = time.perf_counter()
+    peak = matmul_flops(args.threads)
+    print(f"onnxruntime fp32 MatMul 2048^3: {peak / 1e9:.0f} GFLOP/s", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.recipes.split(","):
+            results[name] = bench_arch(name, args.batch, args.seconds, args.threads, Path(tmp))
+    peak_after = matmul_flops(args.threads, seconds=2.0)
+    print(f"onnxruntime fp32 MatMul again at the end: {peak_after / 1e9:.0f} GFLOP/s")
+    peak = max(peak, peak_after)
+
+    print("\nsummary (images/s at 128x128, CPU)")
+    print(f"{'recipe':11s} {'GFLOP/img':>9s} {'limit':>7s} {'keras*':>7s} {'ort raw':>8s} "
+          f"{'ort':>7s} {'ort/keras':>9s} {'ort/limit':>9s} {'parity':>8s}")
+    for name, rows in results.items():
+        d = dict(rows)
+        flops = d.pop("__flops__")
+        diff = d.pop("__diff__")
+        keras_best = max(v for k, v in d.items() if k.startswith("keras"))
+        raw = next(v for k, v in d.items() if "raw" in k)
+        ort_best_name, ort_best = max(((k, v) for k, v in d.items()
+                                       if k.startswith("ort cxraug")), key=lambda kv: kv[1])
+        limit = peak / flops
+        print(f"{name:11s} {flops / 1e9:9.3f} {limit:7.1f} {keras_best:7.1f} {raw:8.1f} "
+              f"{ort_best:7.1f} {ort_best / keras_best:9.2f} {ort_best / limit:9.2f} "
+              f"{diff:8.1e}   best: {ort_best_name}")
+    print(f"\n(keras* = fastest Keras way; limit = {peak / 1e9:.0f} GFLOP/s / FLOPs per image; "
+          f"total {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
