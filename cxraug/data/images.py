@@ -13,6 +13,7 @@ report says exactly which rows were refused and why.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,9 @@ def load_gray(path: str | os.PathLike, size: int) -> np.ndarray:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; it would hide truncated "
                            "images, so cxraug refuses to decode with it")
-    with Image.open(path) as im:
+    with open(path, "rb") as handle:
+        data = handle.read()  # one read: Pillow's PNG reader otherwise reads ~8 KiB at a time
+    with Image.open(io.BytesIO(data)) as im:
         im.load()
         gray = _to_gray_array(im)
     if gray.size != (size, size):
