@@ -1,0 +1,511 @@
+"""The chest X-ray feature network: a compact CNN trained by cxraug, used through ONNX.
+
+Why our own network: no ImageNet/Inception weights can be downloaded here, and ImageNet features
+are a poor fit for radiographs anyway. :func:`train_classifier` trains a small multi-label CNN on a
+cache's training split (patient-level validation on its val split), keeps the epoch with the best
+mean validation AUROC and saves it as ``model.keras`` and ``model.onnx`` (input ``image``
+``[N, H, W, 1]`` float32 in ``[-1, 1]``; outputs ``probs`` ``[N, C]`` and ``features``
+``[N, 128]``) with ``classifier.json``. :class:`ClassifierFeatures` reads that folder (or a user's
+own ONNX or Keras feature model) with onnxruntime, so evaluation needs no TensorFlow.
+
+TensorFlow is imported only inside the functions that train or read a ``.keras`` model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CxrError
+from ..io_utils import write_json_atomic
+from .metrics import auroc
+
+FEATURE_DIM = 128
+CLASSIFIER_JSON = "classifier.json"
+ONNX_NAME = "model.onnx"
+KERAS_NAME = "model.keras"
+FORMAT = "cxraug-classifier-1"
+
+
+# ------------------------------------------------------------------------------- image helpers
+def to_unit_range(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, H, W]`` (0..255) -> float32 in ``[-1, 1]``, the generator's convention."""
+    return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float images in ``[-1, 1]`` -> uint8, rounded as a saved PNG would be."""
+    arr = np.asarray(images, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 ``[N, H, W]`` to ``size x size`` (area filter down, bicubic up)."""
+    images = np.asarray(images)
+    if images.shape[1:] == (size, size):
+        return images
+    from PIL import Image
+
+    method = Image.Resampling.BOX if images.shape[1] >= size else Image.Resampling.BICUBIC
+    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), method))
+                     for img in images]).astype(np.uint8)
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Light augmentation of float ``[B, H, W]`` in [-1, 1]: small shifts, brightness, contrast.
+
+    No flips: a mirrored chest puts the heart on the wrong side, which is not a plausible image.
+    """
+    b, h, w = images.shape
+    pad = max(1, h // 16)
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+    dy = rng.integers(0, 2 * pad + 1, size=b)
+    dx = rng.integers(0, 2 * pad + 1, size=b)
+    out = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    contrast = rng.uniform(0.85, 1.15, size=(b, 1, 1)).astype(np.float32)
+    bright = rng.uniform(-0.1, 0.1, size=(b, 1, 1)).astype(np.float32)
+    mean = out.mean(axis=(1, 2), keepdims=True)
+    return np.clip((out - mean) * contrast + mean + bright, -1.0, 1.0).astype(np.float32)
+
+
+def per_class_auroc(y_true: np.ndarray, probs: np.ndarray) -> list[float | None]:
+    """AUROC of each output column; ``None`` where a class has no positive or no negative."""
+    out: list[float | None] = []
+    for c in range(y_true.shape[1]):
+        value = auroc(y_true[:, c], probs[:, c])
+        out.append(None if np.isnan(value) else round(float(value), 6))
+    return out
+
+
+def mean_of(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+# ------------------------------------------------------------------------------ Keras network
+def _quiet_tensorflow() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return tf
+
+
+def build_classifier(image_size: int, num_classes: int, feature_dim: int = FEATURE_DIM) -> Any:
+    """Conv blocks (conv-BN-ReLU x2, max-pool; 16 filters doubling to 192) down to 4x4, global
+    average pooling, a named linear ``features`` layer and ``probs`` sigmoid outputs. Small on
+    purpose: trains in seconds on the 32x32 phantom cache, minutes per epoch on NIH at 128."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((image_size, image_size, 1), name="image")
+    # BatchNorm momentum 0.9, not Keras' 0.99: small data sets give a few hundred steps, too few
+    # for 0.99's moving statistics to converge, and inference would then see stale statistics
+    x = inp
+    side, filters = image_size, 16
+    while True:
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+        if side <= 4:
+            break
+        x = layers.MaxPooling2D(2)(x)
+        side //= 2
+        filters = min(filters * 2, 192)
+    x = layers.GlobalAveragePooling2D()(x)
+    # linear features: a dense, non-sparse embedding for FID/KID/k-NN (a ReLU here leaves many
+    # exact zeros); the nonlinearity follows before the class outputs
+    feats = layers.Dense(feature_dim, name="features")(x)
+    h = layers.Dropout(0.2)(layers.Activation("relu")(feats))
+    probs = layers.Dense(num_classes, activation="sigmoid", name="probs")(h)
+    return keras.Model(inp, {"probs": probs, "features": feats}, name="cxraug_classifier")
+
+
+@dataclass
+class FitResult:
+    """A trained Keras classifier, its best epoch and per-epoch validation AUROC."""
+
+    model: Any
+    best_epoch: int
+    val_auroc: list[float | None]
+    history: list[dict[str, float | None]] = field(default_factory=list)
+
+
+def predict_probs(model: Any, images_u8: np.ndarray, batch: int = 256,
+                  infer: Any = None) -> np.ndarray:
+    """Sigmoid outputs of a Keras classifier for uint8 ``[N, H, W]`` (``infer``: a compiled
+    ``x -> probs`` function, faster than eager calls when predicting every epoch)."""
+    outs = []
+    for s in range(0, len(images_u8), batch):
+        x = to_unit_range(images_u8[s:s + batch])[..., None]
+        probs = infer(x) if infer is not None else model(x, training=False)["probs"]
+        outs.append(np.asarray(probs))
+    return np.concatenate(outs) if outs else np.zeros((0, model.output["probs"].shape[-1]))
+
+
+def fit_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                   y_val: np.ndarray, epochs: int, seed: int, batch_size: int = 32,
+                   lr: float = 2e-3, progress: bool = True, desc: str = "classifier") -> FitResult:
+    """Train on uint8 images ``[N, H, W]`` with multi-hot targets ``[N, C]`` (binary
+    cross-entropy); keep the weights of the epoch with the best mean validation AUROC, which is
+    the patient-level early stopping the cache's val split allows."""
+    tf = _quiet_tensorflow()
+    import keras
+    from tqdm import tqdm
+
+    if epochs < 1:
+        raise CxrError(f"epochs must be at least 1, got {epochs}")
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    size, n_classes = x_train.shape[1], y_train.shape[1]
+    model = build_classifier(size, n_classes)
+    optimizer = keras.optimizers.Adam(lr)
+    loss_fn = keras.losses.BinaryCrossentropy()
+
+    @tf.function(reduce_retracing=True)
+    def step(x: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True)["probs"])
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def infer(x: Any) -> Any:
+        return model(x, training=False)["probs"]
+
+    y_train = y_train.astype(np.float32)
+    best: tuple[float, int, list[float | None], list[Any]] | None = None
+    history: list[dict[str, float | None]] = []
+    steps = max(1, int(np.ceil(len(x_train) / batch_size)))
+    bar = tqdm(total=epochs * steps, desc=desc, unit="batch", disable=not progress, leave=False)
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(len(x_train))
+        losses = []
+        for s in range(0, len(order), batch_size):
+            idx = np.sort(order[s:s + batch_size])
+            x = augment_batch(to_unit_range(x_train[idx]), rng)[..., None]
+            losses.append(float(step(tf.constant(x), tf.constant(y_train[idx]))))
+            bar.update(1)
+        aucs = per_class_auroc(y_val, predict_probs(model, x_val, infer=infer))
+        score = mean_of(aucs)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mean_auroc": score})
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_auroc=f"{score or float('nan'):.3f}")
+        rank = -1.0 if score is None else score
+        if best is None or rank > best[0]:
+            best = (rank, epoch, aucs, [w.copy() for w in model.get_weights()])
+    bar.close()
+    assert best is not None
+    model.set_weights(best[3])
+    return FitResult(model=model, best_epoch=best[1], val_auroc=best[2], history=history)
+
+
+# ------------------------------------------------------------------------------- cache access
+def open_cache(path: str | os.PathLike) -> Any:
+    """Open a cache with the data stage's reader; a missing file is a user error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CxrError(f"{path}: cache not found; create it with `cxraug prepare`")
+    from ..data.cache import CacheReader
+
+    return CacheReader(path)
+
+
+def read_split(reader: Any, split: str, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """All images (uint8) and row indices of one split, read in sorted blocks."""
+    idx = np.sort(np.asarray(reader.indices(split), dtype=np.int64))
+    parts = [np.asarray(reader.read(idx[s:s + block])) for s in range(0, len(idx), block)]
+    size = int(reader.size)
+    images = np.concatenate(parts) if parts else np.zeros((0, size, size), np.uint8)
+    return images, idx
+
+
+@dataclass
+class ClassifierResult:
+    """What `cxraug train-classifier` made."""
+
+    out: Path
+    class_names: list[str]
+    val_auroc: list[float | None]
+    best_epoch: int
+    epochs: int
+    n_train: int
+    n_val: int
+    image_size: int
+    seconds: float
+
+    @property
+    def mean_auroc(self) -> float | None:
+        return mean_of(self.val_auroc)
+
+    def summary(self) -> str:
+        lines = [f"classifier in {self.out} ({self.image_size}x{self.image_size}, "
+                 f"{self.n_train} train / {self.n_val} val images, best epoch "
+                 f"{self.best_epoch}/{self.epochs}, {self.seconds:.0f}s)",
+                 "validation AUROC (patient-level val split):"]
+        for name, value in zip(self.class_names, self.val_auroc, strict=True):
+            lines.append(f"  {name:20s} {'n/a' if value is None else f'{value:.3f}'}")
+        mean = self.mean_auroc
+        lines.append(f"  {'mean':20s} {'n/a' if mean is None else f'{mean:.3f}'}")
+        return "\n".join(lines)
+
+
+def export_onnx(model: Any, path: Path, meta: dict[str, Any]) -> None:
+    """Keras classifier -> ONNX with input ``image`` and outputs ``probs``/``features``."""
+    tf = _quiet_tensorflow()
+    import onnx
+    import tf2onnx
+
+    size = int(model.input.shape[1])
+    spec = [tf.TensorSpec([None, size, size, 1], tf.float32, name="image")]
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+    names = {o.name for o in proto.graph.output}
+    if names != {"probs", "features"}:
+        raise RuntimeError(f"unexpected ONNX outputs {sorted(names)}")
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(proto, str(path))
+
+
+def save_classifier(fit: FitResult, out: Path, info: dict[str, Any]) -> None:
+    """Write model.keras, model.onnx and classifier.json; the JSON goes last and marks the
+    folder complete, and nothing already in ``out`` is replaced until all three exist."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        fit.model.save(staging / KERAS_NAME)
+        export_onnx(fit.model, staging / ONNX_NAME,
+                    {"cxraug_classifier": json.dumps({k: info[k] for k in
+                                                      ("class_names", "image_size", "format")}),
+                     "class_names": info["class_names"], "image_size": str(info["image_size"])})
+        check_onnx_parity(fit.model, staging / ONNX_NAME, int(info["image_size"]))
+        os.replace(staging / KERAS_NAME, out / KERAS_NAME)
+        os.replace(staging / ONNX_NAME, out / ONNX_NAME)
+        write_json_atomic(out / CLASSIFIER_JSON, info)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_onnx_parity(model: Any, onnx_path: Path, size: int) -> None:
+    """The ONNX copy must compute what the Keras model computes (probabilities within 1e-4)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(4, size, size)).astype(np.uint8)
+    keras_probs = predict_probs(model, x)
+    _, onnx_probs = ClassifierFeatures(onnx_path).embed(x)
+    assert onnx_probs is not None
+    err = float(np.abs(keras_probs - onnx_probs).max())
+    if err > 1e-4:
+        raise RuntimeError(f"ONNX classifier differs from Keras by {err:.2e}")
+
+
+def train_classifier(data: str | os.PathLike, out: str | os.PathLike, epochs: int = 15,
+                     seed: int = 0, image_size: int | None = None,
+                     progress: bool = True) -> ClassifierResult:
+    """Train the feature network / label judge on a cache and save it to ``out``."""
+    started = time.time()
+    data, out = Path(data), Path(out)
+    if out.exists() and not out.is_dir():
+        raise CxrError(f"{out}: exists and is not a folder; pass a folder for --out")
+    with open_cache(data) as reader:
+        class_names = list(reader.class_names)
+        x_train, train_idx = read_split(reader, "train")
+        x_val, val_idx = read_split(reader, "val")
+        multi_hot = np.asarray(reader.multi_hot)
+        fingerprint = str(reader.fingerprint)
+        cache_size = int(reader.size)
+    if len(x_train) == 0:
+        raise CxrError(f"{data}: the cache has no training images; re-run `cxraug prepare`")
+    if len(x_val) == 0:
+        raise CxrError(f"{data}: the cache has no validation images; re-run `cxraug prepare` "
+                       "with --val-fraction above 0")
+    size = int(image_size or cache_size)
+    if size < 8:
+        raise CxrError(f"image size {size} is too small for the classifier; use 8 or more")
+    x_train, x_val = resize_images(x_train, size), resize_images(x_val, size)
+    y_train, y_val = multi_hot[train_idx], multi_hot[val_idx]
+    fit = fit_classifier(x_train, y_train, x_val, y_val, epochs=epochs, seed=seed,
+                         progress=progress)
+    info = {
+        "format": FORMAT, "cxraug_version": __version__, "class_names": class_names,
+        "image_size": size, "feature_dim": FEATURE_DIM, "input": "image",
+        "input_range": "[-1, 1] float32 [N, H, W, 1] (uint8 / 127.5 - 1)",
+        "outputs": {"probs": "sigmoid per class", "features": "penultimate layer"},
+        "data": str(data), "data_fingerprint": fingerprint, "epochs": epochs, "seed": seed,
+        "best_epoch": fit.best_epoch, "n_train": int(len(x_train)), "n_val": int(len(x_val)),
+        "train_prevalence": dict(zip(class_names, np.round(y_train.mean(axis=0), 6).tolist(),
+                                     strict=True)),
+        "val_auroc": dict(zip(class_names, fit.val_auroc, strict=True)),
+        "val_mean_auroc": mean_of(fit.val_auroc), "history": fit.history,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    save_classifier(fit, out, info)
+    return ClassifierResult(out=out, class_names=class_names, val_auroc=fit.val_auroc,
+                            best_epoch=fit.best_epoch, epochs=epochs, n_train=len(x_train),
+                            n_val=len(x_val), image_size=size, seconds=time.time() - started)
+
+
+# ------------------------------------------------------------------------ inference (no TF)
+class ClassifierFeatures:
+    """Features and class probabilities from a classifier folder, an ONNX or a Keras model.
+
+    * a folder written by :func:`train_classifier` (``model.onnx`` + ``classifier.json``);
+    * a user's ONNX model: one image input, ``[N, H, W, 1]`` or ``[N, 1, H, W]`` (3 channels are
+      fed the gray image three times), float32 in ``[-1, 1]``; the output named ``features`` (else
+      the first 2-D output) gives features and one named ``probs`` (optional) the judge's
+      probabilities, in the order of the ``class_names`` metadata entry (JSON list);
+    * a Keras ``.keras`` model with the same conventions (imports TensorFlow, only then).
+
+    Inputs of :meth:`embed` are uint8 ``[N, H, W]`` at any size; they are resized to the model's.
+    """
+
+    def __init__(self, path: str | os.PathLike, default_size: int | None = None,
+                 batch_size: int = 256) -> None:
+        path = Path(path)
+        self.path = path
+        self.batch_size = batch_size
+        self.info: dict[str, Any] = {}
+        self.class_names: list[str] | None = None
+        self._keras: Any = None
+        self._session: Any = None
+        if path.is_dir():
+            meta = path / CLASSIFIER_JSON
+            if not meta.is_file():
+                raise CxrError(f"{path}: no {CLASSIFIER_JSON}; train one with "
+                               "`cxraug train-classifier` or pass an ONNX/Keras model file")
+            try:
+                self.info = json.loads(meta.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CxrError(f"{meta}: unreadable ({exc}); retrain the classifier") from exc
+            self.class_names = list(self.info.get("class_names") or []) or None
+            model_file = path / ONNX_NAME
+            if not model_file.is_file():
+                raise CxrError(f"{model_file}: missing; retrain with `cxraug train-classifier`")
+            self._open_onnx(model_file)
+        elif not path.is_file():
+            raise CxrError(f"{path}: classifier not found; pass a classifier folder, .onnx or "
+                           ".keras file")
+        elif path.suffix.lower() == ".onnx":
+            self._open_onnx(path)
+        elif path.suffix.lower() in (".keras", ".h5"):
+            self._open_keras(path)
+        else:
+            raise CxrError(f"{path}: unknown classifier format; pass a folder from "
+                           "`cxraug train-classifier`, an .onnx or a .keras file")
+        size = self.info.get("image_size") or self._static_size or default_size
+        if not size:
+            raise CxrError(f"{path}: the model's input size is dynamic and not in its metadata")
+        self.image_size = int(size)
+
+    # ---------------------------------------------------------------------------- loaders
+    def _open_onnx(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+        try:
+            self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise CxrError(f"{path}: not a readable ONNX model ({exc})") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise CxrError(f"{path}: a feature model needs exactly one image input, "
+                           f"found {[i.name for i in inputs]}")
+        self._input = inputs[0].name
+        shape = list(inputs[0].shape)
+        if len(shape) != 4:
+            raise CxrError(f"{path}: input {self._input} must be 4-D [N, H, W, C] or [N, C, H, W]")
+        self._channels_first = isinstance(shape[1], int) and shape[1] in (1, 3) and not (
+            isinstance(shape[3], int) and shape[3] in (1, 3))
+        c_axis = 1 if self._channels_first else 3
+        self._channels = shape[c_axis] if isinstance(shape[c_axis], int) else 1
+        hw = shape[2:] if self._channels_first else shape[1:3]
+        self._static_size = hw[0] if isinstance(hw[0], int) else None
+        outputs = self._session.get_outputs()
+        names = [o.name for o in outputs]
+        two_d = [o.name for o in outputs if len(o.shape) == 2]
+        self._features = "features" if "features" in names else (two_d[0] if two_d else None)
+        if self._features is None:
+            raise CxrError(f"{path}: no 2-D output to use as features (outputs: {names}); "
+                           "name one 'features'")
+        self._probs = "probs" if "probs" in names else None
+        props = self._session.get_modelmeta().custom_metadata_map
+        if not self.info and "cxraug_classifier" in props:
+            self.info = json.loads(props["cxraug_classifier"])
+        if self.class_names is None and "class_names" in props:
+            try:
+                self.class_names = list(json.loads(props["class_names"]))
+            except json.JSONDecodeError:
+                self.class_names = None
+
+    def _open_keras(self, path: Path) -> None:
+        _quiet_tensorflow()
+        import keras
+
+        try:
+            self._keras = keras.models.load_model(path, compile=False)
+        except Exception as exc:  # Keras raises many types for a bad file
+            raise CxrError(f"{path}: not a readable Keras model ({exc})") from exc
+        shape = list(self._keras.input.shape)
+        self._channels_first = False
+        self._channels = shape[3] or 1
+        self._static_size = shape[1]
+        self._features, self._probs = "features", None
+        out = self._keras.output
+        if isinstance(out, dict):
+            if "features" not in out:
+                raise CxrError(f"{path}: Keras model outputs {list(out)}; one must be 'features'")
+            self._probs = "probs" if "probs" in out else None
+
+    # ---------------------------------------------------------------------------- inference
+    @property
+    def prevalence(self) -> np.ndarray | None:
+        """Training prevalence per class (from classifier.json), for balanced decisions."""
+        prev = self.info.get("train_prevalence")
+        if not prev or self.class_names is None:
+            return None
+        return np.array([max(float(prev.get(c, 0.0)), 1e-6) for c in self.class_names])
+
+    @property
+    def has_judge(self) -> bool:
+        """Whether the model gives class probabilities with known class names."""
+        return self._probs is not None and self.class_names is not None
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        x = x[:, None] if self._channels_first else x[..., None]
+        if self._channels == 3:
+            x = np.repeat(x, 3, axis=1 if self._channels_first else 3)
+        if self._session is not None:
+            wanted = [self._features] + ([self._probs] if self._probs else [])
+            res = self._session.run(wanted, {self._input: x})
+            return res[0], (res[1] if self._probs else None)
+        out = self._keras(x, training=False)
+        if isinstance(out, dict):
+            return np.asarray(out["features"]), (np.asarray(out["probs"]) if self._probs else None)
+        return np.asarray(out), None
+
+    def embed(self, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features ``[N, D]`` (float64) and probabilities ``[N, C]`` (or ``None``)."""
+        images_u8 = np.asarray(images_u8)
+        feats, probs = [], []
+        for s in range(0, len(images_u8), self.batch_size):
+            chunk = resize_images(images_u8[s:s + self.batch_size], self.image_size)
+            f, p = self._run(to_unit_range(chunk))
+            feats.append(np.asarray(f, np.float64).reshape(len(chunk), -1))
+            if p is not None:
+                probs.append(np.asarray(p, np.float64))
+        if not feats:
+            return np.zeros((0, 0)), None
+        return np.concatenate(feats), (np.concatenate(probs) if probs else None)

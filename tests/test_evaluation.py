@@ -1,0 +1,323 @@
+"""train-classifier, evaluate and downstream on the phantom cache, with fake generators.
+
+Fakes make the expected answer known: a "generator" that returns held-out real images of the
+requested class is as good as real data; one that ignores the label cannot carry it; one that
+returns training images memorizes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxraug.data.cache import CacheReader
+from cxraug.errors import CxrError
+from cxraug.evaluation import metrics as M
+from cxraug.evaluation.classifier import ClassifierFeatures, train_classifier
+from cxraug.evaluation.report import evaluate
+
+N_PER_CLASS = 16
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(phantom_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("classifier") / "phantom"
+    train_classifier(phantom_cache, out, epochs=12, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real(phantom_cache: Path) -> dict[str, np.ndarray]:
+    with CacheReader(phantom_cache) as reader:
+        return {"images": reader.read(np.arange(reader.n)), "labels": np.asarray(reader.labels),
+                "train": reader.indices("train"), "val": reader.indices("val"),
+                "test": reader.indices("test"), "names": np.asarray(reader.image_index)}
+
+
+def _unit(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def _from_split(real: dict[str, np.ndarray], split: str):  # noqa: ANN202
+    """A "generator" returning real images of the requested class from one split (z picks)."""
+    pool = real[split]
+
+    def generate(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        out = []
+        for zi, lab in zip(z, labels, strict=True):
+            cands = pool[real["labels"][pool] == lab]
+            out.append(real["images"][cands[int(abs(zi[0]) * 1e6) % len(cands)]])
+        return _unit(np.stack(out))
+
+    return generate
+
+
+def _label_blind_noise(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Smooth noise that depends on z only: ignores the label entirely."""
+    out = []
+    for zi in z:
+        rng = np.random.default_rng(int(abs(zi[0]) * 1e6))
+        coarse = rng.uniform(-1, 1, size=(4, 4))
+        out.append(np.kron(coarse, np.ones((8, 8))))
+    return np.stack(out).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- classifier
+@pytest.mark.slow
+def test_classifier_folder_is_complete_and_onnx_matches_keras(classifier_dir: Path,
+                                                              real: dict) -> None:
+    info = json.loads((classifier_dir / "classifier.json").read_text())
+    assert info["class_names"][0] == "No Finding" and len(info["class_names"]) == 7
+    assert set(info["val_auroc"]) == set(info["class_names"])
+    assert 0.5 < info["val_mean_auroc"] <= 1.0  # the phantom classes really differ
+    onnx_feats = ClassifierFeatures(classifier_dir)
+    keras_feats = ClassifierFeatures(classifier_dir / "model.keras")
+    x = real["images"][:10]
+    f1, p1 = onnx_feats.embed(x)
+    f2, _ = keras_feats.embed(x)
+    assert f1.shape == (10, 128) and p1 is not None and p1.shape == (10, 7)
+    np.testing.assert_allclose(f1, f2, atol=1e-4)
+    # a bare ONNX file works as a user's own feature model, with class names from its metadata
+    bare = ClassifierFeatures(classifier_dir / "model.onnx")
+    assert bare.class_names == info["class_names"] and bare.image_size == 32
+    # inputs at another size are resized to the classifier's
+    big = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    assert onnx_feats.embed(big)[0].shape == (10, 128)
+
+
+def test_classifier_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(CxrError, match="not found"):
+        ClassifierFeatures(tmp_path / "nope")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(CxrError, match="unknown classifier format"):
+        ClassifierFeatures(tmp_path / "x.txt")
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    with pytest.raises(CxrError, match="not a readable ONNX"):
+        ClassifierFeatures(tmp_path / "bad.onnx")
+    with pytest.raises(CxrError, match="no classifier.json"):
+        ClassifierFeatures(tmp_path)
+    with pytest.raises(CxrError, match="cache not found"):
+        train_classifier(tmp_path / "missing.h5", tmp_path / "c", epochs=1, progress=False)
+
+
+@pytest.mark.slow
+def test_real_train_vs_val_kid_is_small_and_shuffled_pixels_large(classifier_dir: Path,
+                                                                   real: dict) -> None:
+    feats = ClassifierFeatures(classifier_dir)
+    f_train = feats.embed(real["images"][real["train"]])[0]
+    f_val = feats.embed(real["images"][real["val"]])[0]
+    rng = np.random.default_rng(0)
+    shuffled = real["images"][real["train"]].reshape(len(real["train"]), -1).copy()
+    for row in shuffled:
+        rng.shuffle(row)
+    f_shuf = feats.embed(shuffled.reshape(-1, 32, 32))[0]
+    self_kid, _ = M.kid(f_train, f_train[rng.permutation(len(f_train))], subset_size=100,
+                        n_subsets=20)
+    same, _ = M.kid(f_train, f_val, subset_size=40, n_subsets=50)
+    shuf, _ = M.kid(f_shuf, f_val, subset_size=40, n_subsets=50)
+    assert abs(self_kid) < 0.02 * shuf
+    assert shuf > 10 * abs(same)
+
+
+# ----------------------------------------------------------------------------- evaluate
+@pytest.fixture(scope="module")
+def reports(phantom_cache: Path, classifier_dir: Path, real: dict,
+            tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    base = tmp_path_factory.mktemp("reports")
+    run = base / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(
+        "epoch,step,d_acc_fake,d_acc_real,d_loss,g_loss,wall_s,img_per_s\n"
+        "1,10,0.9,0.8,0.5,2.0,1,100\n2,20,0.85,0.8,0.45,1.8,2,100\n3,30,0.8,0.75,0.4,1.7,3,100\n")
+    gens = {"heldout": _from_split(real, "val"), "train": _from_split(real, "train"),
+            "noise": _label_blind_noise}
+    out = {}
+    for name, gen in gens.items():
+        res = evaluate(gen, phantom_cache, base / name, classifier=classifier_dir, split="val",
+                       n_per_class=N_PER_CLASS, run=run if name == "heldout" else None,
+                       progress=False)
+        out[name] = {"report": res.report, "out": base / name, "summary": res.summary()}
+    return out
+
+
+@pytest.mark.slow
+def test_label_fidelity_high_for_real_class_images_low_for_label_blind(reports: dict) -> None:
+    good = reports["heldout"]["report"]["overall"]
+    blind = reports["noise"]["report"]["overall"]
+    print({k: (good[k], blind[k]) for k in ("synthetic_auroc", "real_auroc",
+                                             "synthetic_accuracy", "real_accuracy")})
+    # the label-blind generator draws from one distribution whatever the label: the judge
+    # cannot tell the requested classes apart (AUROC near chance), a label swap changes nothing
+    assert abs(blind["synthetic_auroc"] - 0.5) < 0.1
+    assert blind["label_swap_pixel_ratio"] == 0.0 and blind["label_swap_feature_ratio"] == 0.0
+    assert any("ignores the label" in f for f in reports["noise"]["report"]["flags"])
+    # held-out real images of the requested class: as recognizable as real held-out images
+    assert good["synthetic_auroc"] > 0.58
+    assert good["synthetic_auroc"] > blind["synthetic_auroc"] + 0.08
+    assert abs(good["synthetic_auroc"] - good["real_auroc"]) < 0.15
+    assert good["label_swap_pixel_ratio"] > 0.5
+
+
+@pytest.mark.slow
+def test_memorization_flags_training_copies_not_heldout_images(reports: dict) -> None:
+    copy = reports["train"]["report"]
+    held = reports["heldout"]["report"]
+    assert copy["overall"]["near_copy_fraction"] == 1.0
+    assert all(c["memorization"]["pixel_distance_min"] == 0.0 for c in copy["classes"].values())
+    assert any("near-copies" in f for f in copy["flags"])
+    assert held["overall"]["near_copy_fraction"] <= 0.05
+    assert held["classes"]["No Finding"]["memorization"]["pixel_ratio_median"] > 0.5
+    assert copy["closest_pairs"][0]["near_copy"] and copy["closest_pairs"][0]["pixel_distance"] == 0
+
+
+@pytest.mark.slow
+def test_realism_orders_real_images_before_noise(reports: dict) -> None:
+    held, noise = reports["heldout"]["report"], reports["noise"]["report"]
+    assert noise["overall"]["fid"] > 5 * held["overall"]["fid"]
+    assert noise["overall"]["kid_mean"] > 5 * max(held["overall"]["kid_mean"], 1e-4)
+    assert noise["overall"]["precision"] < 0.2 < held["overall"]["precision"]
+    # real images are as diverse as real images; blocky noise from 16 coarse values differs
+    assert held["overall"]["synthetic_ms_ssim"] == pytest.approx(held["overall"]["real_ms_ssim"],
+                                                                 abs=0.1)
+
+
+@pytest.mark.slow
+def test_report_files_and_documented_keys(reports: dict) -> None:
+    out = reports["heldout"]["out"]
+    report = json.loads((out / "report.json").read_text())
+    for key in ("generator", "data", "classifier", "split", "n_per_class", "classes", "overall",
+                "memorization_reference", "closest_pairs", "flags", "notes", "files"):
+        assert key in report
+    cls = report["classes"]["Effusion"]
+    for section, keys in {
+        "realism": ("fid", "kid_mean", "kid_std", "precision", "recall", "n_a", "n_b"),
+        "baseline": ("fid", "kid_mean"),
+        "label_fidelity": ("synthetic_auroc", "real_auroc", "synthetic_accuracy", "real_accuracy",
+                           "label_swap_pixel_ratio", "label_swap_feature_ratio"),
+        "diversity": ("synthetic_ms_ssim", "real_ms_ssim"),
+        "memorization": ("near_copies", "near_copy_fraction", "pixel_ratio_median",
+                         "feature_ratio_median"),
+    }.items():
+        assert set(keys) <= set(cls[section]), section
+    assert cls["n_synthetic"] == N_PER_CLASS and cls["realism"]["n_a"] == N_PER_CLASS
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 8
+    assert "Training curves" in page and "Memorization" in page
+    assert (out / "nearest_pairs.png").read_bytes()[:4] == b"\x89PNG"
+    assert "macro mean" in reports["heldout"]["summary"]
+
+
+def test_evaluate_rejects_bad_options(phantom_cache: Path, tmp_path: Path) -> None:
+    def gen(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return np.zeros((len(z), 32, 32), np.float32)
+
+    with pytest.raises(CxrError, match="n-per-class"):
+        evaluate(gen, phantom_cache, tmp_path / "r", n_per_class=2, progress=False)
+    with pytest.raises(CxrError, match="held-out split"):
+        evaluate(gen, phantom_cache, tmp_path / "r", split="train", progress=False)
+    with pytest.raises(CxrError, match="cache not found"):
+        evaluate(gen, tmp_path / "none.h5", tmp_path / "r", progress=False)
+    with pytest.raises(CxrError, match="generator not found"):
+        evaluate(tmp_path / "g.onnx", phantom_cache, tmp_path / "r", progress=False)
+    with pytest.raises(CxrError, match="metrics.csv"):
+        evaluate(gen, phantom_cache, tmp_path / "r", run=tmp_path, progress=False)
+
+
+def test_report_module_does_not_import_tensorflow() -> None:
+    code = ("import sys, cxraug.evaluation.report, cxraug.evaluation.downstream; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- downstream
+def _synthetic_csv(phantom_dir: Path, real: dict, folder: Path, names: list[str]) -> Path:
+    """An augment-style mixed.csv: a few real rows plus synthetic rows whose PNGs are copies of
+    phantom training images under new names (resized from 64 to the cache's 32 on load)."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True)
+    entries = pd.read_csv(phantom_dir / "Data_Entry_2017.csv", index_col=False,
+                          usecols=[0, 1])
+    labels = dict(zip(entries["Image Index"], entries["Finding Labels"], strict=True))
+    rows = []
+    for i, name in enumerate(names):
+        new = f"syn_{i:05d}.png"
+        Image.open(phantom_dir / "images" / name).save(folder / "images" / new)
+        rows.append({"Image Index": new, "Finding Labels": labels[name], "Patient ID": 900000 + i,
+                     "Path": f"images/{new}", "Synthetic": 1})
+    rows.append({"Image Index": str(real["names"][real["train"][0]]),
+                 "Finding Labels": labels[str(real["names"][real["train"][0]])],
+                 "Patient ID": int(str(real["names"][real["train"][0]])[:8]),
+                 "Path": "/nonexistent/real.png", "Synthetic": 0})
+    path = folder / "mixed.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
+def test_downstream_end_to_end_and_synthetic_never_in_val_or_test(
+        phantom_cache: Path, phantom_dir: Path, real: dict, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxraug.evaluation import downstream as D
+
+    train_names = [str(n) for n in real["names"][real["train"][:40]]]
+    csv_path = _synthetic_csv(phantom_dir, real, tmp_path / "aug", train_names)
+    syn_images, _, _, _ = D.load_synthetic(csv_path, ["No Finding", "Atelectasis", "Effusion",
+                                                      "Infiltration", "Mass", "Nodule",
+                                                      "Pneumothorax"], 32, progress=False)
+    assert syn_images.shape == (40, 32, 32)
+    seen: dict[str, list[np.ndarray]] = {"val": [], "test": [], "train": []}
+    real_fit, real_predict = D.fit_classifier, D.predict_probs
+
+    def spy_fit(x, y, x_val, y_val, **kw):  # noqa: ANN001, ANN202
+        seen["train"].append(x)
+        seen["val"].append(x_val)
+        return real_fit(x, y, x_val, y_val, **kw)
+
+    def spy_predict(model, x, **kw):  # noqa: ANN001, ANN202
+        seen["test"].append(x)
+        return real_predict(model, x, **kw)
+
+    monkeypatch.setattr(D, "fit_classifier", spy_fit)
+    monkeypatch.setattr(D, "predict_probs", spy_predict)
+    res = D.downstream(phantom_cache, csv_path, out=tmp_path / "ds", seeds=2, epochs=2,
+                       progress=False)
+    result = json.loads((tmp_path / "ds" / "downstream.json").read_text())
+    assert result["n_synthetic"] == 40 and result["seeds"] == 2
+    assert result["n_test"] == len(real["test"])
+    assert len(result["runs"]) == 4
+    for c in result["classes"].values():
+        assert {"real", "real_plus_synthetic", "difference", "paired_difference"} <= set(c)
+    macro = result["macro"]
+    assert macro["difference"] == pytest.approx(
+        macro["real_plus_synthetic"]["mean"] - macro["real"]["mean"], abs=1e-5)
+    assert "real+synthetic" in res.summary()
+    # the synthetic pixels reached the training arrays of the mixed arm and nothing else
+    syn_set = {img.tobytes() for img in syn_images}
+    real_test = {img.tobytes() for img in real["images"][real["test"]]}
+    for x in seen["val"] + seen["test"]:
+        assert not syn_set & {img.tobytes() for img in x} - real_test
+    assert len(seen["train"][1]) == len(seen["train"][0]) + 40
+    for x in seen["test"]:
+        assert len(x) == len(real["test"])
+
+
+def test_downstream_rejects_synthetic_rows_named_like_test_images(
+        phantom_cache: Path, phantom_dir: Path, real: dict, tmp_path: Path) -> None:
+    from cxraug.evaluation.downstream import downstream
+
+    csv_path = _synthetic_csv(phantom_dir, real, tmp_path / "aug",
+                              [str(n) for n in real["names"][real["train"][:3]]])
+    frame = pd.read_csv(csv_path)
+    frame.loc[0, "Image Index"] = str(real["names"][real["test"][0]])
+    frame.to_csv(csv_path, index=False)
+    with pytest.raises(CxrError, match="share a name with real validation/test"):
+        downstream(phantom_cache, csv_path, seeds=1, epochs=1, progress=False)
+    with pytest.raises(CxrError, match="not found"):
+        downstream(phantom_cache, tmp_path / "missing.csv", seeds=1, epochs=1, progress=False)
