@@ -321,3 +321,37 @@ def test_downstream_rejects_synthetic_rows_named_like_test_images(
         downstream(phantom_cache, csv_path, seeds=1, epochs=1, progress=False)
     with pytest.raises(CxrError, match="not found"):
         downstream(phantom_cache, tmp_path / "missing.csv", seeds=1, epochs=1, progress=False)
+
+
+# ------------------------------------------------------------------- the real pipeline, by CLI
+@pytest.mark.slow
+def test_cli_evaluate_and_downstream_on_the_exported_smoke_generator(
+        smoke_onnx: Path, smoke_run: Path, phantom_cache: Path, classifier_dir: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cxraug.cli import main
+    from cxraug.synthesis.augment import augment
+
+    rc = main(["evaluate", "--model", str(smoke_onnx), "--data", str(phantom_cache), "--out",
+               str(tmp_path / "report"), "--classifier", str(classifier_dir), "--n-per-class",
+               "8", "--run", str(smoke_run)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["generator"] == str(smoke_onnx)
+    assert len(report["classes"]) == 7 and report["overall"]["fid"] is not None
+    assert "macro mean" in printed and "Training curves" in (
+        tmp_path / "report" / "report.html").read_text()
+    # augment's mixed.csv straight into downstream (synthetic rows only; Path relative to it)
+    augment(model=smoke_onnx, out=tmp_path / "aug", data=phantom_cache, per_class=3,
+            device="cpu", progress=False)
+    rc = main(["downstream", "--data", str(phantom_cache), "--synthetic",
+               str(tmp_path / "aug" / "mixed.csv"), "--out", str(tmp_path / "ds"), "--seeds",
+               "1", "--epochs", "1"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    result = json.loads((tmp_path / "ds" / "downstream.json").read_text())
+    assert result["n_synthetic"] == 21 and "real+synthetic" in printed
+    # a user error is one line, exit status 2
+    rc = main(["evaluate", "--model", str(tmp_path / "none.onnx"), "--data", str(phantom_cache),
+               "--out", str(tmp_path / "r2")])
+    assert rc == 2 and "generator not found" in capsys.readouterr().err

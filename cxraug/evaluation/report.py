@@ -515,7 +515,8 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
             base = M.compare_sets(train_feat[train_subset[name]], real_f, seed=seed)
             lab: dict[str, Any] = {"synthetic_auroc": None, "synthetic_accuracy": None,
                                    "real_auroc": None, "real_accuracy": None,
-                                   "n_real": int(hsel.sum())}
+                                   "n_real": int(hsel.sum()),
+                                   "judge_val_auroc": (feats.info.get("val_auroc") or {}).get(name)}
             if judge:
                 lab["synthetic_auroc"] = M.auroc(sel, syn_p[:, ci])
                 lab["synthetic_accuracy"] = float((syn_dec[sel] == ci).mean())
@@ -748,11 +749,12 @@ def _html(report: dict[str, Any], charts: list[tuple[str, bytes]], samples: byte
     real_rows.append(["macro mean", "", "", o["fid"], o["baseline_fid"], o["kid_mean"], "",
                       o["baseline_kid_mean"], o["precision"], o["recall"],
                       o["baseline_precision"], o["baseline_recall"]])
-    lab_rows = [[c, v["label_fidelity"]["synthetic_auroc"], v["label_fidelity"]["real_auroc"],
+    lab_rows = [[c, v["label_fidelity"]["judge_val_auroc"], v["label_fidelity"]["synthetic_auroc"],
+                 v["label_fidelity"]["real_auroc"],
                  v["label_fidelity"]["synthetic_accuracy"], v["label_fidelity"]["real_accuracy"],
                  v["label_fidelity"]["label_swap_pixel_ratio"],
                  v["label_fidelity"]["label_swap_feature_ratio"]] for c, v in per.items()]
-    lab_rows.append(["overall", o["synthetic_auroc"], o["real_auroc"], o["synthetic_accuracy"],
+    lab_rows.append(["overall", "", o["synthetic_auroc"], o["real_auroc"], o["synthetic_accuracy"],
                      o["real_accuracy"], o["label_swap_pixel_ratio"],
                      o["label_swap_feature_ratio"]])
     div_rows = [[c, v["diversity"]["synthetic_ms_ssim"], v["diversity"]["real_ms_ssim"],
@@ -783,11 +785,13 @@ def _html(report: dict[str, Any], charts: list[tuple[str, bytes]], samples: byte
         "perfect generator would score at this N. FID is biased upwards at small N.</p>",
         table(real_rows, ["class", "N syn", "N real", "FID", "FID base", "KID", "KID std",
                           "KID base", "precision", "recall", "P base", "R base"]),
-        "<h2>Label fidelity</h2><p>The judge's AUROC and accuracy (argmax is the requested class) "
-        "on synthetic vs held-out real images; label-swap ratio: distance between G(z, c) and "
-        "G(z, other class) relative to the distance between two z of class c.</p>",
-        table(lab_rows, ["class", "AUROC syn", "AUROC real", "acc syn", "acc real",
-                         "swap ratio px", "swap ratio feat"]),
+        "<h2>Label fidelity</h2><p>The judge's AUROC and accuracy (its decision, the class with "
+        "the highest probability / training prevalence, is the requested class) on synthetic vs "
+        "held-out real images. Judge val AUROC: how well the judge recognizes the class in real "
+        "validation images; near 0.5 its verdicts mean little. Swap ratio: distance between "
+        "G(z, c) and G(z, other class) relative to the distance between two z of class c.</p>",
+        table(lab_rows, ["class", "judge val AUROC", "AUROC syn", "AUROC real", "acc syn",
+                         "acc real", "swap ratio px", "swap ratio feat"]),
         "<h2>Diversity</h2><p>Mean pairwise MS-SSIM within each class (lower = more diverse).</p>",
         table(div_rows, ["class", "synthetic", "real", "pairs"]),
         "<h2>Memorization</h2>",
