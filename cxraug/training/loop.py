@@ -211,11 +211,13 @@ class GANTrainer:
         if self.ema_generator is not None:
             objects["ema_generator"] = self.ema_generator
         self.checkpoint = tf.train.Checkpoint(**objects)
+        # autograph=False: the step has no tensor-dependent Python control flow, and converting
+        # it (and Keras internals) took most of the tracing time.
         replica_fn = self._replica_step
         if t.xla:
-            replica_fn = tf.function(replica_fn, jit_compile=True)
+            replica_fn = tf.function(replica_fn, jit_compile=True, autograph=False)
         self._replica_fn = replica_fn
-        self._step_fn = tf.function(self._distributed_step)
+        self._step_fn = tf.function(self._distributed_step, autograph=False)
 
     def _optimizer(self, lr: float, t: Any, name: str) -> keras.optimizers.Optimizer:
         opt = keras.optimizers.Adam(lr, beta_1=t.beta1, beta_2=t.beta2, name=name)

@@ -1,0 +1,347 @@
+"""Training stage: data stream, GAN step, run folder, resume, determinism, guards, sampling.
+
+Every trainer build costs a graph trace (several seconds on 2 cores), so the tests share the
+session's ``smoke_run`` and build as few extra trainers as the behaviour under test needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cxraug.errors import CxrError
+from cxraug.training.recipe import load_recipe
+
+
+def _weights(run_dir: Path, checkpoint: str | None = None) -> dict[str, list[np.ndarray]]:
+    """Every variable of a checkpoint (G, D, EMA, optimizers), read without building models."""
+    import tensorflow as tf
+
+    from cxraug.training.run import checkpoint_prefix, resolve_checkpoint
+
+    entry = resolve_checkpoint(run_dir, checkpoint)
+    reader = tf.train.load_checkpoint(checkpoint_prefix(run_dir, entry))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if "OPTIMIZER_SLOT" not in n
+                   and not n.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
+                   and not n.startswith("save_counter"))
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64))))
+               if np.asarray(a[k]).dtype.kind in "fiu" else 0.0 for k in a)
+
+
+# --------------------------------------------------------------------------------- dataset
+def test_epoch_plan_is_reproducible_and_a_permutation(phantom_cache: Path) -> None:
+    from cxraug.training.dataset import CacheDataset
+
+    ds = CacheDataset(phantom_cache, batch_size=16, seed=3)
+    plan = ds.epoch_plan(0)
+    assert plan.shape == (ds.n // 16, 16)
+    assert len(np.unique(plan)) == plan.size  # no image twice within one pass
+    assert np.array_equal(plan, CacheDataset(phantom_cache, batch_size=16, seed=3).epoch_plan(0))
+    assert not np.array_equal(plan, ds.epoch_plan(1))
+    assert not np.array_equal(plan, CacheDataset(phantom_cache, batch_size=16, seed=4)
+                              .epoch_plan(0))
+
+
+def test_class_balanced_sampling_is_uniform_over_classes(phantom_cache: Path) -> None:
+    from cxraug.training.dataset import CacheDataset
+
+    ds = CacheDataset(phantom_cache, batch_size=32, class_balanced=True, steps_per_epoch=200)
+    counts = ds.class_counts[ds.present_classes]
+    assert counts.max() >= 3 * counts.min(), "the phantom split should be imbalanced"
+    drawn = np.bincount(ds.labels[ds.epoch_plan(0).ravel()], minlength=ds.num_classes)
+    share = drawn[ds.present_classes] / drawn.sum()
+    assert np.all(np.abs(share - 1 / len(ds.present_classes)) < 0.02), share
+    natural = CacheDataset(phantom_cache, batch_size=32, steps_per_epoch=200)
+    nat = np.bincount(natural.labels[natural.epoch_plan(0).ravel()], minlength=ds.num_classes)
+    assert nat.argmax() == np.argmax(ds.class_counts)  # frequency sampling keeps the imbalance
+
+
+def test_dataset_streams_batches_without_loading_the_cache(
+    phantom_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxraug.training import dataset as dataset_mod
+
+    ds = dataset_mod.CacheDataset(phantom_cache, batch_size=8, seed=0)
+    reads: list[int] = []
+    original = h5py.Dataset.__getitem__
+
+    def spy(self: h5py.Dataset, key: object) -> np.ndarray:
+        out = original(self, key)
+        if self.name == "/images":
+            reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    batches = list(ds.dataset(epoch=0).take(3))
+    assert reads and max(reads) <= 8 and len(reads) <= 3 + 2  # batch by batch (+ prefetch)
+    images, labels = batches[0]
+    assert images.shape == (8, ds.size, ds.size, 1) and images.dtype.name == "float32"
+    assert -1.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
+    assert labels.dtype.name == "int32"
+    # What the stream holds is an index plan, not pixels.
+    held = sum(v.nbytes for v in vars(ds).values() if isinstance(v, np.ndarray))
+    assert held < ds.n * ds.size * ds.size / 4
+    # Resume support: starting at step k gives the batches k.. of the same epoch.
+    full = [b[0] for b in ds.batches(epoch=2)]
+    tail = [b[0] for b in ds.batches(epoch=2, start_step=2)]
+    assert all(np.array_equal(a, b) for a, b in zip(full[2:], tail, strict=True))
+
+
+def test_multi_hot_labels(phantom_cache: Path) -> None:
+    from cxraug.training.dataset import CacheDataset
+
+    ds = CacheDataset(phantom_cache, batch_size=4, label_mode="multi-hot")
+    _, labels = next(iter(ds.dataset(0)))
+    assert labels.shape == (4, ds.num_classes) and labels.dtype.name == "float32"
+    assert np.all(np.asarray(labels).sum(axis=1) >= 1)
+
+
+# ------------------------------------------------------------------------------ the step
+def _tiny(arch: str, **train: object):
+    model = {"model.arch": arch, "model.image_size": 32, "model.latent_dim": 16,
+             "model.embedding_dim": 8, "model.filters": 8, "model.g_channels": 32,
+             "model.d_channels": 8}
+    return load_recipe("smoke-32", overrides={**model, "train.batch_size": 8,
+                                              **{f"train.{k}": v for k, v in train.items()}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,half,loss", [("paper", True, "bce"), ("paper", False, "bce"),
+                                            ("cxraug", False, "hinge")])
+def test_one_step_moves_every_weight_of_both_networks(arch: str, half: bool, loss: str) -> None:
+    import tensorflow as tf
+
+    from cxraug.training.loop import GANTrainer
+
+    recipe = _tiny(arch, d_half_batches=half, loss=loss, diffaugment="translation,cutout" if
+                   arch == "cxraug" else "")
+    trainer = GANTrainer(recipe, num_classes=7)
+    g0 = [v.numpy().copy() for v in trainer.generator.trainable_variables]
+    d0 = [v.numpy().copy() for v in trainer.discriminator.trainable_variables]
+    n = trainer.real_batch
+    real = tf.random.uniform([n, 32, 32, 1], -1, 1, seed=1)
+    labels = tf.constant(np.arange(n) % 7, tf.int32)
+    out = trainer.train_step(real, labels)
+    assert all(np.isfinite(float(v)) for v in out.values())
+    for name, before, model in (("G", g0, trainer.generator), ("D", d0, trainer.discriminator)):
+        still = [v.path for b, v in zip(before, model.trainable_variables, strict=True)
+                 if np.array_equal(b, v.numpy())]
+        assert not still, f"{arch}: {name} weights unchanged after a step: {still}"
+    # The paper's half-batch mode makes two D updates per step, the other mode one.
+    assert int(trainer.d_optimizer.iterations.numpy()) == (2 if half else 1)
+    assert int(trainer.g_optimizer.iterations.numpy()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["mixed_precision", "xla"])
+def test_mixed_precision_and_xla_build_and_step_on_cpu(option: str) -> None:
+    import tensorflow as tf
+
+    from cxraug.training.loop import GANTrainer
+
+    trainer = GANTrainer(_tiny("cxraug", **{option: True}), num_classes=7)
+    real = tf.random.uniform([8, 32, 32, 1], -1, 1, seed=1)
+    out = trainer.train_step(real, tf.constant(np.arange(8) % 7, tf.int32))
+    assert all(np.isfinite(float(v)) for v in out.values())
+    assert int(trainer.step.numpy()) == 1
+    if option == "mixed_precision":
+        assert trainer.generator.dtype_policy.name == "mixed_float16"
+        import keras
+
+        assert keras.mixed_precision.dtype_policy().name == "float32"  # process policy restored
+
+
+def test_diff_augment_is_differentiable_and_keeps_shape() -> None:
+    import tensorflow as tf
+
+    from cxraug.training.loop import diff_augment
+
+    rng = tf.random.Generator.from_seed(0)
+    x = tf.Variable(tf.random.uniform([4, 16, 16, 1], -1, 1, seed=2))
+    with tf.GradientTape() as tape:
+        y = diff_augment(x, ["translation", "cutout", "brightness", "contrast"], rng)
+        loss = tf.reduce_sum(y)
+    grad = tape.gradient(loss, x)
+    assert y.shape == x.shape and grad is not None and float(tf.reduce_sum(tf.abs(grad))) > 0
+    cut = diff_augment(tf.ones([8, 16, 16, 1]), ["cutout"], rng).numpy()
+    zeros = (cut == 0).reshape(8, -1).sum(1)
+    assert np.all((zeros >= 16) & (zeros <= 64))  # an 8x8 square per image, clipped at borders
+    assert set(np.unique(cut)) <= {0.0, 1.0}
+
+
+# ------------------------------------------------------------------------ the run folder
+def test_run_folder_tells_the_story(smoke_run: Path) -> None:
+    from PIL import Image
+
+    from cxraug.training.run import read_checkpoint_index
+    from cxraug.training.sampling import GRID_PAD, tile_size
+
+    info = json.loads((smoke_run / "run.json").read_text())
+    assert info["status"] == "finished" and info["epochs_done"] == 3
+    assert info["data"]["fingerprint"] and len(info["class_names"]) == 7
+    assert {"tensorflow", "keras", "cxraug"} <= set(info["versions"])
+    assert info["sessions"][0]["command"]
+    recipe = load_recipe(smoke_run / "recipe.toml")
+    assert recipe.train.epochs == 3 and recipe.name == "smoke-32"
+    with open(smoke_run / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["epoch", "step", "d_acc_fake", "d_acc_real", "d_loss", "g_loss",
+                             "wall_s", "img_per_s"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(0 <= float(r["d_acc_real"]) <= 1 and float(r["img_per_s"]) > 0 for r in rows)
+    grids = sorted((smoke_run / "samples").glob("epoch_*.png"))
+    assert [g.name for g in grids] == ["epoch_0001.png", "epoch_0002.png", "epoch_0003.png"]
+    grid = Image.open(grids[-1])
+    tile = tile_size(32)
+    columns = recipe.train.grid_columns
+    assert grid.height == 7 * (tile + GRID_PAD) + GRID_PAD  # a row per class
+    assert grid.width > columns * (tile + GRID_PAD)  # a column per fixed z, plus names
+    assert np.load(smoke_run / "grid_z.npy").shape == (columns, recipe.model.latent_dim)
+    index = read_checkpoint_index(smoke_run)
+    assert [e["epoch"] for e in index] == [1, 2, 3]
+    assert any((smoke_run / "tensorboard").iterdir())
+    assert "epoch 3/3" in (smoke_run / "log.txt").read_text()
+
+
+def test_load_generator_and_sample_grid(smoke_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cxraug.cli import main
+    from cxraug.training.run import load_generator
+    from cxraug.training.sampling import GRID_PAD, tile_size
+
+    loaded = load_generator(smoke_run)
+    assert (loaded.epoch, loaded.ema, loaded.checkpoint) == (3, True, "ckpt-" + str(loaded.step))
+    assert loaded.class_names == json.loads((smoke_run / "run.json").read_text())["class_names"]
+    early = load_generator(smoke_run, checkpoint="1")
+    assert early.epoch == 1
+    z = np.zeros((2, loaded.recipe.model.latent_dim), np.float32)
+    a = np.asarray(loaded.model({"z": z, "label": np.array([0, 1], np.int32)}))
+    b = np.asarray(early.model({"z": z, "label": np.array([0, 1], np.int32)}))
+    assert a.shape == (2, 32, 32, 1) and not np.allclose(a, b)
+    with pytest.raises(CxrError, match="available: ckpt-"):
+        load_generator(smoke_run, checkpoint="ckpt-999")
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--run", str(smoke_run), "--out", str(out), "--columns", "3"]) == 0
+    grid = Image.open(out)
+    assert grid.height == 7 * (tile_size(32) + GRID_PAD) + GRID_PAD
+    assert grid.width > 3 * (tile_size(32) + GRID_PAD)
+    assert main(["sample", "--run", str(tmp_path), "--out", str(out)]) == 2  # not a run
+
+
+def test_label_changes_the_output_after_training(smoke_run: Path) -> None:
+    """For fixed z, switching the label changes the image clearly more than at initialization."""
+    import keras
+
+    from cxraug import models
+    from cxraug.training.run import load_generator
+
+    loaded = load_generator(smoke_run)
+    keras.utils.set_random_seed(loaded.recipe.train.seed)
+    untrained = models.build_generator(loaded.recipe.model, len(loaded.class_names))
+    z = np.random.default_rng(1).standard_normal((16, loaded.recipe.model.latent_dim))
+
+    def label_effect(g: keras.Model) -> float:
+        outs = np.stack([np.asarray(g({"z": z.astype(np.float32),
+                                       "label": np.full(16, c, np.int32)}, training=False))
+                         for c in range(7)])
+        return float(np.mean([np.abs(outs[a] - outs[b]).mean()
+                              for a in range(7) for b in range(a + 1, 7)]))
+
+    trained, initial = label_effect(loaded.model), label_effect(untrained)
+    assert trained > 0.01 and trained > 1.5 * initial, (trained, initial)
+
+
+def test_refuses_a_non_empty_folder_and_a_changed_recipe(
+    smoke_run: Path, phantom_cache: Path, tmp_path: Path
+) -> None:
+    from cxraug.training.loop import train
+
+    recipe = load_recipe("smoke-32")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(CxrError, match="not empty; add --resume"):
+        train(recipe, data=phantom_cache, out=busy, progress=False)
+    with pytest.raises(CxrError, match="not a cxraug run folder"):
+        train(recipe, data=phantom_cache, out=busy, resume=True, progress=False)
+    assert (busy / "notes.txt").read_text() == "mine"
+    with pytest.raises(CxrError, match="holds no run"):
+        train(recipe, data=phantom_cache, out=tmp_path / "new", resume=True, progress=False)
+    changed = load_recipe("smoke-32", overrides={"train.g_lr": 1e-4, "train.epochs": 3})
+    with pytest.raises(CxrError, match=r"recipe differs.*train\.g_lr"):
+        train(changed, data=phantom_cache, out=smoke_run, resume=True, progress=False)
+
+
+# --------------------------------------------------------------- resume and determinism
+@pytest.mark.slow
+def test_resume_equals_an_uninterrupted_run_and_seeds_reproduce(
+    smoke_run: Path, phantom_cache: Path, tmp_path: Path
+) -> None:
+    from cxraug.training.loop import train
+
+    def recipe(epochs: int):
+        return load_recipe("smoke-32", overrides={"train.epochs": epochs,
+                                                  "train.checkpoint_every": 1})
+
+    # Seed determinism: a fresh 2-epoch run equals the session run's epoch-2 checkpoint.
+    straight = tmp_path / "straight"
+    train(recipe(2), data=phantom_cache, out=straight, progress=False)
+    assert _max_diff(_weights(straight), _weights(smoke_run, "2")) == 0.0
+    # 1 epoch, resume to step 11 (inside epoch 2, like Ctrl-C), resume to the end.
+    split = tmp_path / "split"
+    train(recipe(1), data=phantom_cache, out=split, progress=False)
+    spe = json.loads((split / "run.json").read_text())["steps_per_epoch"]
+    stopped = train(recipe(2), data=phantom_cache, out=split, resume=True, progress=False,
+                    max_steps=spe + 3)
+    assert stopped.status == "stopped" and stopped.step == spe + 3
+    done = train(recipe(2), data=phantom_cache, out=split, resume=True, progress=False)
+    assert done.status == "finished" and done.epochs_done == 2
+    assert _max_diff(_weights(straight), _weights(split)) < 1e-5
+    rows = list(csv.DictReader(open(split / "metrics.csv", newline="")))
+    straight_rows = list(csv.DictReader(open(straight / "metrics.csv", newline="")))
+    for key in ("d_loss", "g_loss", "d_acc_real", "d_acc_fake"):
+        assert [float(r[key]) for r in rows] == pytest.approx(
+            [float(r[key]) for r in straight_rows], abs=1e-5)
+    sessions = json.loads((split / "run.json").read_text())["sessions"]
+    assert [s["resumed_from"] is not None for s in sessions] == [False, True, True]
+
+
+@pytest.mark.slow
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(
+    phantom_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxraug.training import loop
+    from cxraug.training.run import read_checkpoint_index
+
+    original = loop.GANTrainer.train_step
+    calls = {"n": 0}
+
+    def poisoned(self: loop.GANTrainer, real: object, labels: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 5:  # second step of epoch 2: break D's weights
+            var = self.discriminator.trainable_variables[0]
+            var.assign(var * float("nan"))
+        return original(self, real, labels)
+
+    out = tmp_path / "nan"
+    recipe = load_recipe("smoke-32", overrides={"train.epochs": 3, "train.checkpoint_every": 1,
+                                                "train.steps_per_epoch": 3})
+    monkeypatch.setattr(loop.GANTrainer, "train_step", poisoned)
+    with pytest.raises(CxrError, match=r"diverged at epoch 2, step 5.*last good checkpoint ckpt-3"):
+        loop.train(recipe, data=phantom_cache, out=out, progress=False)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "non-finite" in info["error"]
+    assert [e["step"] for e in read_checkpoint_index(out)] == [3]
+    weights = _weights(out)
+    assert all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
