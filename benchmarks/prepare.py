@@ -105,8 +105,10 @@ def child(root: str, csv_path: str, out: str, size: int, workers: int) -> None:
     result = prepare(data_root=root, csv=csv_path, out=out, size=size, classes=list(ALL_LABELS),
                      multi_label="keep", workers=workers, overwrite=True, progress=False)
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    kid = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"n": result.n_written, "seconds": seconds, "cpu": cpu,
-                      "skipped": result.n_skipped}))
+                      "skipped": result.n_skipped, "parent_maxrss": own, "child_maxrss": kid}))
 
 
 def make_repeated(sample: Path, tmp: Path, times: int) -> tuple[Path, Path]:
@@ -191,9 +193,10 @@ def main() -> None:
         peak_big, big = peak_memory_run(
             [sys.executable, __file__, "--child", str(root), str(csv_big), str(tmp / "big.h5"),
              str(args.size), str(args.workers)])
-        print(f"peak RSS (process tree), N={ours['n']:>5}: {peak_small:7.1f} MiB")
-        print(f"peak RSS (process tree), N={big['n']:>5}: {peak_big:7.1f} MiB "
-              f"({big['n'] / big['seconds']:.1f} img/s)")
+        for run, peak in ((ours, peak_small), (big, peak_big)):
+            print(f"peak RSS (process tree), N={run['n']:>5}: {peak:7.1f} MiB  (maxrss: parent "
+                  f"{run['parent_maxrss']:.1f} MiB, largest decoder {run['child_maxrss']:.1f} MiB;"
+                  f" {run['n'] / run['seconds']:.1f} img/s)")
         print(f"memory ratio N={big['n']} / N={ours['n']}: {peak_big / peak_small:.3f}")
 
 

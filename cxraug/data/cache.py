@@ -483,10 +483,15 @@ class CacheReader:
             raise IndexError(f"image indices must be in [0, {self.n}); "
                              f"got {idx.min()}..{idx.max()}")
         unique, inverse = np.unique(idx, return_inverse=True)
-        if len(unique) == unique[-1] - unique[0] + 1:  # a contiguous run: one slice read
-            data = self._images[int(unique[0]): int(unique[-1]) + 1]
-        else:
-            data = self._images[unique]
+        data = np.empty((len(unique), self.size, self.size), dtype=np.uint8)
+        # One slice read per run of consecutive rows. h5py's fancy indexing (``ds[sorted_list]``)
+        # builds a point selection that measured 10-50x slower than this for random batches.
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        starts = np.concatenate([[0], breaks])
+        stops = np.concatenate([breaks, [len(unique)]])
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            first = int(unique[a])
+            data[a:b] = self._images[first: first + (b - a)]
         return data[inverse.reshape(-1)]
 
     def counts(self, split: str | None = None) -> dict[str, int]:
