@@ -429,7 +429,7 @@ def _apply_signs(labels: tuple[str, ...], a: Anatomy, info: dict, x: np.ndarray,
                 cx, cy = _point_in_lung(rng, a, side, 0.05)
                 env = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * rng.uniform(0.22, 0.34) ** 2))
                 scene.opacity[side] = np.maximum(
-                    scene.opacity[side], patchy * env * rng.uniform(0.6, 0.85))
+                    scene.opacity[side], patchy * env * rng.uniform(0.7, 0.95))
         elif label in ("Mass", "Nodule"):
             side = int(rng.integers(0, 2))
             if label == "Mass":
@@ -537,8 +537,8 @@ def render_image(spec: ImageSpec, size: int, seed: int = 0) -> np.ndarray:
     xh, yh, hw, hh = _heart_geometry(a)
     medi = _sigmoid((a.x_med - np.abs(med_x)) / eps) * _sigmoid((yh - y) / 0.05)
     att += 0.1 * medi
-    knob = _sigmoid((0.06 - np.hypot(med_x - a.x_med * 0.9, y + 0.4)) / eps)
-    att += 0.35 * knob * (1.0 - medi)
+    knob = _sigmoid((0.07 - np.hypot(med_x - a.x_med * 0.75, y + 0.4)) / (2 * eps))
+    att += 0.12 * knob
     trachea = _band(med_x, 0.032) * _sigmoid((-0.3 - y) / 0.04) * body
     att -= 0.12 * trachea
     spine_x = x - 0.3 * a.mid_shift
