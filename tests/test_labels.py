@@ -14,6 +14,7 @@ from cxraug.data.labels import (
     filter_view,
     label_hint,
     load_label_table,
+    rarity_strata,
     read_nih_csv,
     select_classes,
     split_patients,
@@ -263,6 +264,22 @@ def test_split_is_patient_level_and_seeded() -> None:
         split_patients(pid, names, val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(CxrError, match=r"\[0, 1\)"):
         split_patients(pid, names, val_fraction=-0.1)
+
+
+def test_stratified_split_reaches_rare_classes() -> None:
+    # 200 patients of a common class and 4 patients of each of 3 rare ones, 2 images each
+    labels = np.repeat(np.array([0] * 200 + [1] * 4 + [2] * 4 + [3] * 4), 2)
+    pid = np.repeat(np.arange(212), 2)
+    names = np.array([f"{i:08d}_000.png" for i in range(len(pid))], dtype=object)
+    hot = np.eye(4, dtype=np.uint8)[labels]
+    assert rarity_strata(hot).tolist()[:2] == [3, 3] and rarity_strata(hot)[-1] == 2
+    for seed in range(5):
+        split, _ = split_patients(pid, names, val_fraction=0.1, test_fraction=0.1, seed=seed,
+                                  strata=rarity_strata(hot))
+        for code in range(3):
+            assert set(labels[split == code]) == {0, 1, 2, 3}, (seed, code)
+            assert not set(pid[split == code]) & set(pid[split != code])
+        assert abs((split == 2).sum() / len(pid) - 0.1) < 0.03
 
 
 def test_official_lists(tmp_path: Path) -> None:

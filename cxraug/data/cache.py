@@ -216,6 +216,8 @@ def _options(size: int, table: LabelTable, classes: Sequence[str] | None, top_k:
         "class_names": table.class_names, "multi_label": table.multi_label, "view": view,
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
         "train_val_list": listed(train_val_list), "test_list": listed(test_list),
+        # names the split algorithm, so a change to it changes the fingerprint
+        "split_method": "patient, stratified by rarest class, v1",
     }
 
 

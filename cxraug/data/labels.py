@@ -25,6 +25,8 @@ Policies (documented here because every stage shares them):
   of its own (NIH never combines it with a pathology).
 * Class selection default (neither ``classes`` nor ``top_k``): ``top_k=6``, the paper's choice
   (or as many pathologies as occur as an image's only label, when that is fewer than 6).
+* Split: by patient (no patient in two splits), stratified by each patient's rarest class so that
+  small classes still reach val and test; NIH's official lists override the random test draw.
 """
 
 from __future__ import annotations
@@ -614,13 +616,46 @@ def _check_fraction(name: str, value: float) -> float:
     return value
 
 
-def _carve(patients: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """A random ``fraction`` of ``patients`` (at least one when the fraction is positive)."""
+def _carve(patients: np.ndarray, fraction: float, rng: np.random.Generator,
+           strata: np.ndarray | None = None) -> np.ndarray:
+    """A random ``fraction`` of ``patients``, taken stratum by stratum.
+
+    Each stratum (all patients when ``strata`` is None) gives ``round(fraction * n)`` patients, and
+    at least one when it has 3 or more, so a rare class still reaches val and test.
+    """
     if fraction <= 0 or len(patients) < 2:
         return patients[:0]
-    k = int(round(fraction * len(patients)))
-    k = min(max(k, 1), len(patients) - 1)
-    return rng.permutation(patients)[:k]
+    if strata is None:
+        strata = np.zeros(len(patients), dtype=np.int64)
+    chosen = []
+    for key in np.unique(strata):
+        group = patients[strata == key]
+        k = int(round(fraction * len(group)))
+        if len(group) >= 3 or strata.max() == strata.min():
+            k = max(k, 1)
+        k = min(k, len(group) - 1)
+        if k > 0:
+            chosen.append(rng.permutation(group)[:k])
+    return np.sort(np.concatenate(chosen)) if chosen else patients[:0]
+
+
+def _patient_strata(patients: np.ndarray, pid: np.ndarray, row_strata: np.ndarray | None
+                    ) -> np.ndarray | None:
+    """Each patient's stratum: the smallest row key among their images (rarest class first)."""
+    if row_strata is None:
+        return None
+    key = np.full(len(patients), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(key, np.searchsorted(patients, pid), np.asarray(row_strata, dtype=np.int64))
+    return key
+
+
+def rarity_strata(multi_hot: np.ndarray) -> np.ndarray:
+    """Per row, the rank (0 = rarest) of the rarest class it carries: a split stratum."""
+    counts = multi_hot.sum(axis=0, dtype=np.int64)
+    rank = np.empty(len(counts), dtype=np.int64)
+    rank[np.argsort(counts, kind="stable")] = np.arange(len(counts))
+    masked = np.where(multi_hot.astype(bool), rank[None, :], len(counts))
+    return masked.min(axis=1)
 
 
 def split_patients(
@@ -631,11 +666,14 @@ def split_patients(
     seed: int = 0,
     train_val_list: str | os.PathLike | None = None,
     test_list: str | os.PathLike | None = None,
+    strata: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patient-level split codes (0 train, 1 val, 2 test) and a keep mask.
 
     Without lists: a seeded random share of patients goes to test, another to val (fractions of
-    patients, not images; the same patient set and seed always give the same split). With
+    patients, not images; the same patient set and seed always give the same split). ``strata``
+    (one int per row, e.g. :func:`rarity_strata`) stratifies the draw: each patient belongs to the
+    smallest key among their rows, and every stratum gives its share. With
     ``test_list``: its images are the test split (``test_fraction`` is ignored) and val is carved
     by patient from the rest. With ``train_val_list``: only its images are train/val; rows in
     neither given list are dropped (keep mask false). A patient found on both sides is an error.
@@ -652,9 +690,11 @@ def split_patients(
     keep = np.ones(len(pid), dtype=bool)
     if test_list is None and train_val_list is None:
         patients = np.unique(pid)
-        test_p = _carve(patients, test_fraction, rng)
-        rest = np.setdiff1d(patients, test_p)
-        val_p = _carve(rest, val_fraction / max(1e-12, 1.0 - test_fraction), rng)
+        key = _patient_strata(patients, pid, strata)
+        test_p = _carve(patients, test_fraction, rng, key)
+        rest = ~np.isin(patients, test_p)
+        val_p = _carve(patients[rest], val_fraction / max(1e-12, 1.0 - test_fraction), rng,
+                       None if key is None else key[rest])
         split[np.isin(pid, val_p)] = 1
         split[np.isin(pid, test_p)] = 2
         return split, keep
@@ -680,8 +720,11 @@ def split_patients(
             f"and the train/val lists ({len(shared)} such patients); the lists must split by "
             "patient")
     split[in_test] = 2
-    tv_patients = np.unique(pid[in_tv & keep])
-    val_p = _carve(tv_patients, val_fraction, rng)
+    tv_rows = in_tv & keep
+    tv_patients = np.unique(pid[tv_rows])
+    key = _patient_strata(tv_patients, pid[tv_rows], None if strata is None else
+                          np.asarray(strata)[tv_rows])
+    val_p = _carve(tv_patients, val_fraction, rng, key)
     split[in_tv & np.isin(pid, val_p)] = 1
     return split, keep
 
@@ -724,7 +767,7 @@ def load_label_table(
         codes, keep = split_patients(
             table.patient_id, table.image_index, val_fraction=val_fraction,
             test_fraction=test_fraction, seed=seed, train_val_list=train_val_list,
-            test_list=test_list)
+            test_list=test_list, strata=rarity_strata(table.multi_hot))
         table.split = codes
         if not keep.all():
             n_out = int((~keep).sum())
