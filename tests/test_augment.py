@@ -140,6 +140,42 @@ def test_split_list_counts_only_listed_images(nih_sample: Path, model: Path,
     assert all(Path(p).is_file() for p in real["Path"])  # real_root paths resolve
 
 
+def test_label_combination_counts_with_multi_label_keep(nih_sample: Path, hot_model: Path,
+                                                        tmp_path: Path) -> None:
+    """A combination's real count: images whose classes (among the model's) are exactly it."""
+    csv_path = nih_sample / "Data_Entry_2017.csv"
+    table = read_nih_csv(csv_path)
+    model_classes = set(PAPER7)
+    sets = [set(x.split("|")) & model_classes for x in table["Finding Labels"]]
+    want_combo = sum(1 for x in sets if x == {"Effusion", "Infiltration"})
+    want_mass = sum(1 for x in sets if "Mass" in x)  # keep: every image carrying Mass
+    assert want_combo > 0
+    result = run(hot_model, tmp_path / "aug", real_csv=csv_path, multi_label="keep",
+                 target_per_class=want_combo + 3, classes=["Mass"],
+                 labels=["Infiltration|Effusion"])
+    got = {t["name"]: (t["real"], t["generate"]) for t in result.targets}
+    assert got == {"Mass": (want_mass, max(0, want_combo + 3 - want_mass)),
+                   "Effusion|Infiltration": (want_combo, 3)}
+
+
+def test_counts_from_a_cache_training_split(phantom_cache: Path, tmp_path: Path) -> None:
+    from cxraug.data.cache import CacheReader
+
+    with CacheReader(phantom_cache) as cache:
+        names = list(cache.class_names)
+        train = cache.indices("train")
+        counts = np.asarray(cache.multi_hot)[train].sum(axis=0)
+        n_all = cache.n
+    model = make_generator(tmp_path / "g.onnx", classes=names)
+    target = int(counts.max()) + 1
+    result = run(model, tmp_path / "aug", data=phantom_cache, target_per_class=target)
+    assert [(t["real"], t["generate"]) for t in result.targets] == [
+        (int(c), target - int(c)) for c in counts]
+    mixed = pd.read_csv(tmp_path / "aug" / "mixed.csv")
+    assert int((mixed["Synthetic"] == 0).sum()) == len(train) < n_all  # training split only
+    assert mixed["Finding Labels"].value_counts().to_dict() == dict.fromkeys(names, target)
+
+
 # ------------------------------------------------------------------------------ output format
 def test_nih_csv_layout_and_mixed_csv(nih_sample: Path, model: Path, tmp_path: Path) -> None:
     out = tmp_path / "aug"

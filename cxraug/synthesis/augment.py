@@ -769,11 +769,12 @@ def augment(
         remaining.append(len(todo))
         shares.append(sum(1 for k in range(t.count) if mine(k)) if shard_n > 1 else t.count)
     bars: dict[int, Any] = {}
+    initial = [share - left for share, left in zip(shares, remaining, strict=True)]
 
     def bar_for(i: int) -> Any:
+        """Class i's bar, opened when its first batch is submitted (started from what exists)."""
         if i not in bars:
-            share = shares[i]
-            bars[i] = tqdm(total=share, initial=share - remaining[i], desc=targets[i].name[:24],
+            bars[i] = tqdm(total=shares[i], initial=initial[i], desc=targets[i].name[:24],
                            unit="img", disable=not progress, file=sys.stderr, leave=True)
         return bars[i]
 
