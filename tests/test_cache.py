@@ -146,6 +146,12 @@ def test_skips_missing_corrupt_truncated_and_escapes(small_set: tuple[Path, Path
     out = tmp_path / "s.h5"
     result = run(data, tmp_path / "labels.csv", out, size=8, classes=["Mass"],
                  val_fraction=0, test_fraction=0, workers=2)
+    (data / "sub").mkdir()
+    (data / "sub" / names[0]).write_bytes((data / names[0]).read_bytes())  # same name twice
+    dup = run(data, tmp_path / "labels.csv", tmp_path / "dup.h5", size=8, classes=["Mass"],
+              val_fraction=0, test_fraction=0, workers=1)
+    assert dup.n_duplicate_names == 1 and "several folders" in dup.summary()
+    assert result.n_duplicate_names == 0
     assert result.n_written == 5 and result.n_skipped == 5
     assert result.skip_reasons == {"unreadable": 2, "missing": 1, "rejected": 2}
     report = pd.read_csv(report_path_for(out))

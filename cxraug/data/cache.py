@@ -173,6 +173,7 @@ class PrepareResult:
     size: int = 128
     seconds: float = 0.0
     fingerprint: str = ""
+    n_duplicate_names: int = 0  # file names found in several folders (the first sorted path won)
 
     def summary(self) -> str:
         rate = self.n_written / self.seconds if self.seconds > 0 else 0.0
@@ -185,6 +186,9 @@ class PrepareResult:
         if self.dropped:
             lines.append(f"{self.n_csv_rows} CSV rows; left out by the label policy: "
                          + ", ".join(f"{v} {k}" for k, v in self.dropped.items()))
+        if self.n_duplicate_names:
+            lines.append(f"{self.n_duplicate_names} image names exist in several folders under "
+                         "the data root; the first in sorted path order was used")
         if self.n_skipped:
             reasons = ", ".join(f"{v} {k}" for k, v in sorted(self.skip_reasons.items()))
             lines.append(f"skipped {self.n_skipped} images ({reasons}); listed in "
@@ -320,6 +324,7 @@ def prepare(
                                     enumerate(SPLIT_NAMES)},
         dropped=dict(table.dropped), skip_reasons=reasons, size=size,
         seconds=time.perf_counter() - started, fingerprint=fingerprint,
+        n_duplicate_names=sum(1 for n in names if n in index.duplicates),
     )
 
 
