@@ -155,6 +155,8 @@ def test_all_labels_top6_is_the_papers(nih_sample: Path) -> None:
         ("Image Index,Finding Labels,Patient Age\n00000001_000.png,Mass,sixty\n", "not an age"),
         ("Image Index,Finding Labels,Patient ID\n00000001_000.png,Mass,1.5\n", "whole number"),
         ("Image Index,Finding Labels\nscan.png,Mass\n", "add a 'Patient ID' column"),
+        ('"Image Index","Finding Labels"\n"00000001_000.png","Mass"\n'
+         '"00000002_000.png","Mass","x, y"\n', "line 3 has 3 fields"),
     ],
 )
 def test_malformed_csv(tmp_path: Path, text: str, expect: str) -> None:
