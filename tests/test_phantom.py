@@ -160,12 +160,31 @@ def test_refuses_to_clobber_and_overwrites_its_own(tmp_path: Path) -> None:
         ({"size": 8}, "--size"),
         ({"seed": -1}, "--seed"),
         ({"multi_label_fraction": 1.5}, "--multi-label-fraction"),
+        ({"workers": 0}, "workers"),
     ],
 )
 def test_bad_options(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(CxrError, match=match):
         make_phantom_dataset(tmp_path / "x", progress=False, **{"n": 4, "size": 32, **kwargs})
     assert not (tmp_path / "x").exists()
+
+
+def test_failed_run_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxraug.data.phantom as phantom
+
+    calls = []
+
+    def failing(image: np.ndarray) -> bytes:
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C half-way
+        return encode(image)
+
+    encode = phantom.encode_png
+    monkeypatch.setattr(phantom, "encode_png", failing)
+    with pytest.raises(KeyboardInterrupt):
+        make_phantom_dataset(tmp_path / "set", n=10, size=32, progress=False, workers=1)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary twin
 
 
 def test_cli_demo_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
