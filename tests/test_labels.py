@@ -185,6 +185,8 @@ def test_unknown_labels_with_hints(tmp_path: Path) -> None:
     assert label_hint("pneumo thorax") == "Pneumothorax" and label_hint("Banana") is None
     with pytest.raises(CxrError, match="did you mean 'No Finding'"):
         select_classes(frame, classes=["no_finding", "Mass"])
+    with pytest.raises(CxrError, match="row 3: 'No Finding' combined with pathologies"):
+        select_classes(_frame(["Mass", "No Finding|Mass"]), top_k=1)
 
 
 # ------------------------------------------------------------------------- classes, policies
