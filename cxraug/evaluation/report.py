@@ -366,16 +366,16 @@ class EvaluateResult:
         for name, c in r["classes"].items():
             real, base, lab = c["realism"], c["baseline"], c["label_fidelity"]
             lines.append(
-                f"{name[:20]:20s} {f(real['fid'], '.1f'):>6s}/{f(base['fid'], '.1f'):<7s}"
-                f" {f(real['kid_mean'], '.4f'):>7s}/{f(base['kid_mean'], '.4f'):<8s}"
+                f"{name[:20]:20s} {f(real['fid'], '.3g'):>6s}/{f(base['fid'], '.3g'):<7s}"
+                f" {f(real['kid_mean'], '.2g'):>7s}/{f(base['kid_mean'], '.2g'):<8s}"
                 f" {f(lab['synthetic_accuracy'], '.2f'):>6s}/{f(lab['real_accuracy'], '.2f'):<6s}"
                 f" {f(real['precision'], '.2f'):>4s}/{f(real['recall'], '.2f'):<5s}"
                 f" {f(c['diversity']['synthetic_ms_ssim'], '.2f'):>5s}/"
                 f"{f(c['diversity']['real_ms_ssim'], '.2f'):<6s}"
                 f" {c['memorization']['near_copies']:>7d}")
         lines.append(
-            f"{'macro mean':20s} {f(o['fid'], '.1f'):>6s}/{f(o['baseline_fid'], '.1f'):<7s}"
-            f" {f(o['kid_mean'], '.4f'):>7s}/{f(o['baseline_kid_mean'], '.4f'):<8s}"
+            f"{'macro mean':20s} {f(o['fid'], '.3g'):>6s}/{f(o['baseline_fid'], '.3g'):<7s}"
+            f" {f(o['kid_mean'], '.2g'):>7s}/{f(o['baseline_kid_mean'], '.2g'):<8s}"
             f" {f(o['synthetic_accuracy'], '.2f'):>6s}/{f(o['real_accuracy'], '.2f'):<6s}"
             f" {f(o['precision'], '.2f'):>4s}/{f(o['recall'], '.2f'):<5s}"
             f" {f(o['synthetic_ms_ssim'], '.2f'):>5s}/{f(o['real_ms_ssim'], '.2f'):<6s}"
