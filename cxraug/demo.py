@@ -70,8 +70,8 @@ def run_demo(
     result = DemoResult(out=out)
 
     def step(name: str, fn) -> None:
-        if name in state.get("done", {}):
-            result.steps[name] = 0.0
+        if name in state.get("done", {}):  # finished by an earlier, interrupted demo
+            result.steps[name] = float(state["done"][name])
             return
         print(f"== {name}", flush=True)
         start = time.perf_counter()
@@ -127,12 +127,10 @@ def run_demo(
         f"generator:    {model}",
         f"augmented:    {aug} (provider {manifest.get('provider', '?')})",
     ]
-    counts = manifest.get("counts", {})
-    if counts:
-        result.lines.append("per class (real + synthetic = total):")
-        for name, c in counts.items():
-            real, gen = c.get("real", 0), c.get("generated", 0)
-            result.lines.append(f"  {name:14s} {real:5d} + {gen:5d} = {real + gen:5d}")
+    result.lines.append("per class in the training split (real + synthetic = total):")
+    for c in manifest.get("classes", []):
+        real, gen = int(c.get("real", 0)), int(c.get("on_disk", 0))
+        result.lines.append(f"  {c['name']:14s} {real:5d} + {gen:5d} = {real + gen:5d}")
     return result
 
 
