@@ -176,6 +176,16 @@ def test_counts_from_a_cache_training_split(phantom_cache: Path, tmp_path: Path)
     assert mixed["Finding Labels"].value_counts().to_dict() == dict.fromkeys(names, target)
 
 
+def test_wrong_real_root_is_refused_before_anything_is_written(nih_sample: Path, model: Path,
+                                                              tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CxrError, match="none of the .* real images"):
+        run(model, tmp_path / "aug", real_csv=nih_sample / "Data_Entry_2017.csv", per_class=1,
+            real_root=empty)
+    assert not (tmp_path / "aug").exists()
+
+
 # ------------------------------------------------------------------------------ output format
 def test_nih_csv_layout_and_mixed_csv(nih_sample: Path, model: Path, tmp_path: Path) -> None:
     out = tmp_path / "aug"
@@ -325,6 +335,7 @@ def test_job_folder_rules(model: Path, tmp_path: Path) -> None:
         ({"per_class": 1, "batch_size": 0}, "--batch-size"),
         ({"per_class": 1, "output_size": 3}, "--output-size"),
         ({"per_class": 1, "split_list": "x.txt"}, "--split-list"),
+        ({"per_class": 1, "real_root": "."}, "--real-root"),
     ],
 )
 def test_user_errors(model: Path, tmp_path: Path, kwargs: dict, message: str) -> None:
@@ -473,7 +484,10 @@ def test_smoke_onnx_end_to_end(smoke_onnx: Path, phantom_cache: Path, tmp_path: 
     assert mixed["Finding Labels"].value_counts().to_dict() == dict.fromkeys(names, target)
     assert result.provider == "CPUExecutionProvider" or result.provider.startswith("CUDA")
     # a real exported network gives the same floats whatever the batch size (so the same bytes)
-    from cxraug.synthesis.generator import OnnxGenerator
+    from cxraug.synthesis.generator import OnnxGenerator, model_card
+
+    card = model_card(smoke_onnx)
+    assert ", ".join(names) in card and "label mode   index" in card
 
     gen = OnnxGenerator(smoke_onnx, device="cpu")
     z = latents(0, 1, range(20), gen.latent_dim)

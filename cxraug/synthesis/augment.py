@@ -668,14 +668,6 @@ def augment(
         "targets": [{"name": t.name, "code": t.code, "folder": t.folder, "count": t.count}
                     for t in targets],
     }
-    _prepare_out(out, spec, resume=resume, overwrite=overwrite)
-
-    # ---- what is left to do
-    present = _scan(out, targets, layout)
-    mine = (lambda k: k % shard_n == shard_i - 1) if shard_n > 1 else (lambda k: True)
-    skipped = sum(1 for t in targets for k in present[t.code] if mine(k))
-    for t in targets:
-        (out / (t.folder if layout == "class-folders" else IMAGES)).mkdir(exist_ok=True)
     real_paths: list[str] | None = None
     real_missing = 0
     if real is not None and real_root is not None:
@@ -684,6 +676,14 @@ def augment(
         if real_paths and real_missing == len(real_paths):
             raise CxrError(f"--real-root {real_root}: none of the {len(real_paths):,} real images "
                            "of the label file is there; give the folder holding them")
+    _prepare_out(out, spec, resume=resume, overwrite=overwrite)
+
+    # ---- what is left to do
+    present = _scan(out, targets, layout)
+    mine = (lambda k: k % shard_n == shard_i - 1) if shard_n > 1 else (lambda k: True)
+    skipped = sum(1 for t in targets for k in present[t.code] if mine(k))
+    for t in targets:
+        (out / (t.folder if layout == "class-folders" else IMAGES)).mkdir(exist_ok=True)
 
     workers = workers or min(4, os.cpu_count() or 1)
     part_name = f"shard-{shard_i}-of-{shard_n}"

@@ -307,18 +307,21 @@ def model_card(path: str | os.PathLike) -> str:
         lines.append(f"WARNING      {exc}")
     if meta is not None:
         names = meta["class_names"]
-        recipe = meta.get("recipe_name", "?")
+
+        def get(key: str) -> str:
+            value = meta.get(key, "")
+            return "?" if value in ("", None) else str(value)
+
         lines += [
-            f"arch         {meta.get('arch', '?')} (recipe {recipe})",
-            f"classes      {len(names)}: {', '.join(names)}",
+            f"arch         {get('arch')} (recipe {get('recipe_name')})",
+            f"classes      {len(names)}: {', '.join(names) or '(none: unconditional)'}",
             f"label mode   {meta['label_mode']}",
             f"latent       {meta['latent_dim']}",
             f"image        {meta['image_size']}x{meta['image_size']}, 1 channel, "
             "float32 in [-1, 1]",
-            f"trained      epoch {meta.get('epoch', '?')}, step {meta.get('step', '?')}, "
-            f"data fingerprint {meta.get('data_fingerprint', '?')}",
-            f"exported     {meta.get('exported_at', '?')} by cxraug "
-            f"{meta.get('cxraug_version', '?')}",
+            f"trained      epoch {get('epoch')}, step {get('step')}, "
+            f"data fingerprint {get('data_fingerprint')}",
+            f"exported     {get('exported_at')} by cxraug {get('cxraug_version')}",
         ]
     init_names = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
