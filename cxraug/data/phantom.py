@@ -11,7 +11,8 @@ Design choices, and why:
 * **Deterministic and worker-independent.** The data-set plan (labels, patients, follow-ups) comes
   from one RNG seeded by ``(seed, n)``; each patient's anatomy from ``(seed, patient id)``; each
   image's pose, sign and exposure from ``(seed, image index)``. An image therefore never depends on
-  which process drew it, and the same ``(n, size, seed)`` gives byte-identical files.
+  which process drew it, and the same ``(n, size, seed)`` gives byte-identical files (with the
+  same numpy and Pillow versions).
 * **Resolution-independent.** Geometry lives in normalized coordinates and every random field is
   drawn on a fixed coarse grid, so ``--size 64`` and ``--size 256`` show the same patients.
 * **Not separable by brightness.** Every image is rescaled to a random target mean and contrast
@@ -684,7 +685,7 @@ NIH ChestX-ray14 download, so every cxraug command can be tried without the real
   images/PPPPPPPP_FFF.png   8-bit grayscale, {size}x{size}; patient id and follow-up number
   {CSV_NAME}       NIH's exact CSV layout (header quirk included)
 
-Regenerate byte for byte with:
+Regenerate byte for byte (same cxraug, numpy and Pillow versions) with:
   cxraug demo-data --out DIR --n {n} --size {size} --seed {seed} --multi-label-fraction {mlf}
 
 Each finding has a drawn sign whose place, size and density vary:
