@@ -844,7 +844,9 @@ def augment(
         for fut in pending:
             fut.cancel()
         pool.shutdown(wait=True)
-        finished = [f for f in pending if not f.cancelled() and f.exception() is None]
+        # every submitted write not yet recorded (owner), including any caught between
+        # ``pending -= done`` and ``collect(done)`` when the interrupt arrived
+        finished = [f for f in list(owner) if not f.cancelled() and f.exception() is None]
         with contextlib.suppress(Exception):
             collect(finished)
         for bar in bars.values():
