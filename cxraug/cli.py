@@ -114,12 +114,14 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same bytes.")] = 0,
     multi_label_fraction: Annotated[float, typer.Option(help="Share of multi-label images.")] = 0.1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing data set.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Drawing processes (default: all cores for large sets; the output never depends on it).")] = None,
 ) -> None:
     """Make a phantom chest X-ray data set in NIH format."""
     from .data.phantom import make_phantom_dataset
 
     result = make_phantom_dataset(out=out, n=n, size=size, seed=seed,
-                                  multi_label_fraction=multi_label_fraction, overwrite=overwrite)
+                                  multi_label_fraction=multi_label_fraction, overwrite=overwrite,
+                                  workers=workers)
     typer.echo(result.summary())
 
 
