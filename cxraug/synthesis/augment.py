@@ -768,6 +768,10 @@ def augment(
         work += [(i, k) for k in todo]
         remaining.append(len(todo))
         shares.append(sum(1 for k in range(t.count) if mine(k)) if shard_n > 1 else t.count)
+    if progress:
+        print(f"augment: {len(work):,} images to make ({skipped:,} already on disk) with "
+              f"{gen.provider}, {size}x{size} PNG into {out}"
+              + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else ""), file=sys.stderr)
     bars: dict[int, Any] = {}
     initial = [share - left for share, left in zip(shares, remaining, strict=True)]
 
