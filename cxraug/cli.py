@@ -226,7 +226,7 @@ def augment(
     device: Annotated[Device, typer.Option(help="auto, cuda or cpu.")] = Device.auto,
     seed: Annotated[int, typer.Option(help="Image k of class c depends only on (seed, c, k).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 64,
-    workers: Annotated[int | None, typer.Option(help="PNG writer processes.")] = None,
+    workers: Annotated[int | None, typer.Option(help="PNG writer threads (default: all cores).")] = None,
     shard: Annotated[str, typer.Option(help="i/n: this machine's share of the work.")] = "1/1",
     resume: Annotated[bool, typer.Option(help="Finish an interrupted job in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a different job in --out.")] = False,
