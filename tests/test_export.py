@@ -239,13 +239,19 @@ def test_export_run_user_errors(smoke_run: Path, tmp_path: Path) -> None:
     not_a_run.mkdir()
     with pytest.raises(CxrError, match="not a cxraug run folder"):
         export_run(not_a_run, tmp_path / "a.onnx", progress=False)
+    fresh = tmp_path / "fresh"  # a run that has not saved a checkpoint yet
+    fresh.mkdir()
+    for name in ("run.json", "recipe.toml"):
+        (fresh / name).write_bytes((smoke_run / name).read_bytes())
+    with pytest.raises(CxrError, match="no checkpoint"):
+        export_run(fresh, tmp_path / "a.onnx", progress=False)
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     with pytest.raises(CxrError, match="cannot write"):
         export_run(smoke_run, blocker / "a.onnx", progress=False)
     with pytest.raises(CxrError, match="is a folder"):
         export_run(smoke_run, tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "fresh"]
 
 
 # ------------------------------------------------------------------ other architectures
