@@ -103,11 +103,11 @@ def test_stock_method_and_bad_method() -> None:
 
 def test_paper_generator_uses_the_fast_final_convolution() -> None:
     g = build_generator(ModelConfig(arch="paper", image_size=128), 7)
-    final = g.get_layer("image")
+    final = g.get_layer("final_conv")
     assert isinstance(final, FastGradConv2D) and final.uses_fast_path
     assert final.kernel_size == (16, 16) and final.filters == 1
     stock = build_generator(ModelConfig(arch="paper", image_size=128, fast_conv_grad=False), 7)
-    assert not isinstance(stock.get_layer("image"), FastGradConv2D)
+    assert not isinstance(stock.get_layer("final_conv"), FastGradConv2D)
     assert stock.count_params() == g.count_params() == 1_704_799
 
 
@@ -118,9 +118,8 @@ def test_paper_generator_gradient_equals_stock(arch: str, size: int) -> None:
     stock = build_generator(ModelConfig(arch=arch, image_size=size, fast_conv_grad=False), 7)
     stock.set_weights(fast.get_weights())
     rng = np.random.default_rng(3)
-    inputs = {"z": rng.normal(size=(2, 100)).astype(np.float32)}
-    if arch == "paper":
-        inputs["label"] = np.array([1, 5], dtype=np.int32)
+    z = rng.normal(size=(2, 100)).astype(np.float32)
+    inputs = {"z": z, "label": np.array([1, 5], dtype=np.int32)} if arch == "paper" else z
     results = []
     for model in (fast, stock):
         with tf.GradientTape() as tape:

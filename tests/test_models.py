@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -226,8 +227,15 @@ def test_discriminator_trains_with_spectral_norm_under_tf_function() -> None:
 @pytest.mark.parametrize("method", ["resize", "depth_to_space", "repeat"])
 def test_upsample2x_is_nearest_neighbour(method: str) -> None:
     x = np.random.default_rng(0).normal(size=(2, 3, 5, 4)).astype(np.float32)
-    out = Upsample2x(method=method)(x).numpy()
-    np.testing.assert_array_equal(out, np.repeat(np.repeat(x, 2, axis=1), 2, axis=2))
+    xt = tf.constant(x)
+    dy = tf.constant(np.random.default_rng(1).normal(size=(2, 6, 10, 4)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        out = Upsample2x(method=method)(xt)
+    grad = tape.gradient(out, xt, output_gradients=dy).numpy()
+    np.testing.assert_array_equal(out.numpy(), np.repeat(np.repeat(x, 2, axis=1), 2, axis=2))
+    expected = dy.numpy().reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))  # 2x2 sum-pooling
+    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_conditional_bn_uses_moving_statistics_at_inference() -> None:
@@ -267,3 +275,33 @@ def test_models_save_and_load_with_keras(arch: str, tmp_path: Path) -> None:
         np.testing.assert_allclose(loaded(inputs, training=False).numpy(),
                                    model(inputs, training=False).numpy(), atol=1e-6)
         assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["paper", "cxraug"])
+def test_gradient_step_compiles_with_xla_and_mixed_precision(arch: str) -> None:
+    """The training loop's jit_compile and mixed_float16 options need every layer to support them
+    (e.g. XLA has no ResizeNearestNeighborGrad, hence Upsample2x's explicit gradient)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        cfg = _small(arch, 32)
+        g = build_generator(cfg, C)
+        d = build_discriminator(cfg, C)
+        inputs = _inputs(cfg, n=4)
+
+        @tf.function(jit_compile=True)
+        def step(inputs: dict[str, np.ndarray]) -> tuple[Any, ...]:
+            with tf.GradientTape() as tape:
+                images = g(inputs, training=True)
+                logits = d({"image": images, "label": inputs["label"]}, training=True)
+                loss = tf.reduce_mean(tf.nn.softplus(-logits))
+            return images, logits, loss, tape.gradient(loss, g.trainable_weights
+                                                       + d.trainable_weights)
+
+        images, logits, loss, grads = step(inputs)
+        assert images.dtype == tf.float32 and logits.dtype == tf.float32
+        assert np.isfinite(float(loss))
+        assert all(gr is not None for gr in grads)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -411,13 +411,47 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 # ----------------------------------------------------------------------------- upsampling
+def _nearest_up2(x: tf.Tensor, method: str) -> tf.Tensor:
+    """Nearest x2 by ``tf.image.resize`` or ``depth_to_space``, with an explicit gradient.
+
+    The gradient of nearest x2 upsampling is a 2x2 sum-pooling. Spelling it out keeps training
+    XLA-compatible (XLA has no ``ResizeNearestNeighborGrad``) and cheap; the forward op is
+    unchanged, so the exported graph still holds one ``Resize`` (or ``DepthToSpace``).
+    """
+
+    @tf.custom_gradient
+    def up(t: tf.Tensor) -> Any:
+        if method == "depth_to_space":
+            y = tf.nn.depth_to_space(tf.tile(t, [1, 1, 1, 4]), 2)
+        else:
+            # asymmetric/floor coordinates: exact for x2, and exported without the deprecated
+            # ``tf_half_pixel_for_nn`` attribute that makes onnxruntime print warnings
+            # static sizes when known: the ONNX Resize then gets constant scales (no Shape/Slice
+            # chain per layer) and onnxruntime's fast NCHWc upsampling kernel (export owner)
+            size = ([2 * t.shape[1], 2 * t.shape[2]] if t.shape[1] and t.shape[2]
+                    else 2 * tf.shape(t)[1:3])
+            y = tf.raw_ops.ResizeNearestNeighbor(images=t, size=size,
+                                                 align_corners=False, half_pixel_centers=False)
+            y = tf.ensure_shape(y, [t.shape[0], 2 * t.shape[1], 2 * t.shape[2], t.shape[3]])
+
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            shape = tf.shape(t)
+            blocks = tf.reshape(dy, [shape[0], shape[1], 2, shape[2], 2, shape[3]])
+            return tf.reduce_sum(blocks, axis=[2, 4])
+
+        return y, grad
+
+    return up(x)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Upsample2x(keras.layers.Layer):
     """Nearest-neighbour x2 upsampling (NHWC); the one place the project upsamples.
 
-    ``method``: "resize" (``ops.image.resize``; one ONNX ``Resize``), "depth_to_space" (tile the
-    channels 4x then ``DepthToSpace``; one ONNX ``DepthToSpace`` after a ``Tile``), or "repeat"
-    (``ops.repeat`` twice, like ``keras.layers.UpSampling2D``). All three compute the same values.
+    ``method``: "resize" (``ResizeNearestNeighbor``; one ONNX ``Resize``), "depth_to_space" (tile
+    the channels 4x then ``DepthToSpace``; one ONNX ``DepthToSpace`` after a ``Tile``), or "repeat"
+    (``ops.repeat`` twice, like ``keras.layers.UpSampling2D``). All three compute the same values,
+    so the export may switch ``layer.method`` on a built model before tracing it.
     """
 
     def __init__(self, method: str = "resize", **kwargs: Any) -> None:
@@ -429,12 +463,10 @@ class Upsample2x(keras.layers.Layer):
     def call(self, x: Any) -> Any:
         if self.method == "repeat":
             return ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
-        if self.method == "depth_to_space":
-            return tf.nn.depth_to_space(tf.tile(x, [1, 1, 1, 4]), 2)
         h, w = x.shape[1], x.shape[2]
-        if h is None or w is None:
+        if self.method == "resize" and (h is None or w is None):
             raise ValueError("Upsample2x(method='resize') needs static spatial dimensions")
-        return ops.cast(ops.image.resize(x, (2 * h, 2 * w), interpolation="nearest"), x.dtype)
+        return _nearest_up2(x, self.method)
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         n, h, w, c = input_shape

@@ -42,7 +42,8 @@ def _label_embedding(cfg: ModelConfig, num_classes: int, label: keras.KerasTenso
 def _final_conv(cfg: ModelConfig) -> layers.Conv2D:
     """``Conv2D(1, S/8, same, tanh)``, with the fast gradient when configured."""
     kernel = cfg.image_size // 8
-    kwargs = dict(filters=1, kernel_size=kernel, padding="same", activation="tanh", name="image")
+    kwargs = dict(filters=1, kernel_size=kernel, padding="same", activation="tanh",
+                  name="final_conv")
     if cfg.fast_conv_grad:
         return FastGradConv2D(**kwargs)
     return layers.Conv2D(**kwargs)
@@ -52,7 +53,9 @@ def _upsampling_trunk(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTens
     for i in range(4):
         x = layers.Conv2DTranspose(cfg.filters, 4, strides=2, padding="same", name=f"up{i + 1}")(x)
         x = layers.LeakyReLU(negative_slope=0.2, name=f"up{i + 1}_lrelu")(x)
-    return _final_conv(cfg)(x)
+    x = _final_conv(cfg)(x)
+    # a float32 identity, so the output is float32 under a mixed-precision policy too (no weights)
+    return layers.Activation("linear", dtype="float32", name="image")(x)
 
 
 def seed_channels(cfg: ModelConfig) -> int:
@@ -99,6 +102,6 @@ def build_paper_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Model
         x = layers.LeakyReLU(negative_slope=0.2, name=f"down{i + 1}_lrelu")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(0.4, name="dropout")(x)
-    logits = layers.Dense(1, name="logits")(x)
+    logits = layers.Dense(1, dtype="float32", name="logits")(x)  # float32 under mixed precision
     name = "paper_dcgan_discriminator" if cfg.arch == "paper-dcgan" else "paper_discriminator"
     return keras.Model(inputs, logits, name=name)
