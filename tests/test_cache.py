@@ -208,6 +208,24 @@ def test_interrupted_run_leaves_no_cache(small_set: tuple[Path, Path], tmp_path:
     assert list(tmp_path.iterdir()) == []  # neither the cache nor a temporary file
 
 
+def test_dead_decoder_is_a_clear_error(small_set: tuple[Path, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    root, csv_path = small_set
+
+    def crash(path: object, size: int) -> np.ndarray:
+        os._exit(1)  # what a segfault or the OOM killer looks like to the pool
+
+    monkeypatch.setattr(cache_mod, "load_gray", crash)
+    monkeypatch.setattr(cache_mod, "_mp_context", lambda: cache_mod.multiprocessing.get_context(
+        "fork"))  # the patched function reaches the decoders only through fork
+    out = tmp_path / "dead.h5"
+    with pytest.raises(CxrError, match="decoder process died.*--workers 1"):
+        run(root, csv_path, out, size=8, workers=2)
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
 def test_refuses_to_overwrite(small_set: tuple[Path, Path], tmp_path: Path) -> None:
     root, csv_path = small_set
     out = tmp_path / "o.h5"

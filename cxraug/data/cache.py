@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -151,6 +152,9 @@ def decode_stream(
                 yield from window.popleft().result()
         while window:
             yield from window.popleft().result()
+    except BrokenProcessPool:
+        raise CxrError("a decoder process died (killed, out of memory or crashed in the image "
+                       "library); rerun with --workers 1 to decode in one process") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
