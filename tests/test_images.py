@@ -47,6 +47,7 @@ def test_index_finds_nested_folders_and_rejects_escapes(tmp_path: Path) -> None:
         (str(outside), "absolute"),
         ("images_001/images/00000001_000.png", "bare file name"),
         ("..", "not a file name"),
+        ("C:\\data\\00000001_000.png", "absolute"),
         ("00000009_000.png", "missing"),
     ]:
         path, reason = index.lookup(name)

@@ -62,7 +62,8 @@ def unsafe_name_reason(name: str) -> str:
     """Why ``name`` is not an acceptable bare image name, or ``""`` when it is."""
     if not name or name in (".", ".."):
         return "rejected: not a file name"
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+    drive = len(name) > 2 and name[0].isalpha() and name[1] == ":" and name[2] in "/\\"
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or drive:
         return "rejected: absolute path escapes the data root"
     if ".." in name.replace("\\", "/").split("/"):
         return "rejected: '..' escapes the data root"
