@@ -98,6 +98,14 @@ def test_other_export_names_ages_and_extra_columns(tmp_path: Path) -> None:
     assert filter_view(frame, "PA")["Image Index"].tolist() == ["00000007_000.png"]
 
 
+def test_exact_names_win_over_aliases(tmp_path: Path) -> None:
+    text = ("file,Image Index,Finding Labels,label\n"
+            "/data/a.png,00000001_000.png,Mass,x\n")
+    frame = read_nih_csv(write(tmp_path, text))
+    assert frame["Image Index"].tolist() == ["00000001_000.png"]
+    assert frame["file"].tolist() == ["/data/a.png"] and frame["label"].tolist() == ["x"]
+
+
 def test_only_required_columns_patient_id_from_names(tmp_path: Path) -> None:
     text = "Image Index,Finding Labels\n00000012_003.png,Mass\n00030805_000.png,No Finding\n"
     frame = read_nih_csv(write(tmp_path, text))

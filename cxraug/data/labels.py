@@ -306,11 +306,14 @@ def read_nih_csv(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     frame = _read_table(path)
+    # exact canonical names first, so an alias column ("file") never displaces the real one
+    taken: set[str] = {str(n) for n in frame.columns if n in CANONICAL_COLUMNS}
     renamed: list[str] = []
-    taken: set[str] = set()
     for name in frame.columns:
         canon = _ALIASES.get(_key(name))
-        if canon is not None and canon not in taken:
+        if name in CANONICAL_COLUMNS:
+            renamed.append(name)
+        elif canon is not None and canon not in taken:
             taken.add(canon)
             renamed.append(canon)
         else:
