@@ -516,7 +516,7 @@ def describe_cache(path: str | os.PathLike) -> str:
     """``cxraug info``: counts per class and split, size, source CSV and fingerprint."""
     with CacheReader(path) as cache:
         a = cache.attrs
-        width = max([len("class"), *map(len, cache.class_names)])
+        width = max([len("patients"), *map(len, cache.class_names)])
         head = f"{'class':<{width}}  " + "  ".join(f"{s:>7}" for s in cache.split_names)
         lines = [
             f"{cache.path}: {cache.n} images, {cache.size}x{cache.size} uint8, "
