@@ -26,9 +26,8 @@ def _weights(run_dir: Path, checkpoint: str | None = None) -> dict[str, list[np.
 
     entry = resolve_checkpoint(run_dir, checkpoint)
     reader = tf.train.load_checkpoint(checkpoint_prefix(run_dir, entry))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if "OPTIMIZER_SLOT" not in n
-                   and not n.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
-                   and not n.startswith("save_counter"))
+    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "epoch_wall")  # wall time differs
+    names = sorted(n for n in reader.get_variable_to_shape_map() if not n.startswith(skip))
     return {n: reader.get_tensor(n) for n in names}
 
 

@@ -455,6 +455,25 @@ class _Run:
         write_run_json(self.paths.root, self.info)
 
 
+@contextlib.contextmanager
+def _op_determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of a run, then the process setting as it was.
+
+    The setting is process-wide; restoring it keeps other work in the same process (tests, a
+    notebook) from inheriting it.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    if enabled and not was:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not was:
+            tf_config.disable_op_determinism()
+
+
 def train(
     recipe: Recipe,
     data: str | Path,
@@ -466,8 +485,16 @@ def train(
     """Train ``recipe`` on the cache ``data`` into the run folder ``out`` (``cxraug train``).
 
     ``max_steps`` stops after that many steps in total (saving a checkpoint), for tests and
-    benchmarks; the run can be resumed like an interrupted one.
+    benchmarks; the run can be resumed like an interrupted one. On CPU, kernels run
+    deterministically so that ``--seed`` reproduces a run exactly.
     """
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    with _op_determinism(not on_gpu):
+        return _train(recipe, data, out, resume, progress, max_steps, on_gpu)
+
+
+def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, progress: bool,
+           max_steps: int | None, on_gpu: bool) -> TrainResult:
     out, data = Path(out), Path(data)
     paths = RunPaths(out)
     t = recipe.train
@@ -504,9 +531,6 @@ def train(
 
     # Reproducibility: seeded weights, seeded noise, and deterministic kernels on CPU.
     keras.utils.set_random_seed(t.seed)
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if not on_gpu:
-        tf.config.experimental.enable_op_determinism()
     strategy = pick_strategy()
     trainer = GANTrainer(recipe, dataset.num_classes, strategy=strategy)
 
