@@ -320,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        typer.echo("interrupted: work written so far is kept; rerun with --resume to continue",
-                   err=True)
+        typer.echo("interrupted: finished work is kept and nothing half-written is left; "
+                   "train and augment continue with --resume", err=True)
         return 130
     except typer.Exit as exc:
         return exc.exit_code
