@@ -8,10 +8,13 @@ Why each step exists:
 * **Graph clean-up.** tf2onnx keeps TensorFlow's NHWC layout at the graph edges and wraps each NCHW
   ``Conv`` in ``Transpose`` pairs; the transposes it cannot cancel sit around per-sample
   (class-conditional) scale/shift tensors. :func:`optimize_graph` sinks them through those
-  element-wise ops, drops no-op ``Slice``/``Identity`` nodes and turns layout changes that only
-  move size-1 axes into free ``Reshape`` nodes, so onnxruntime sees a plain NCHW
-  ``Conv -> Mul -> Add -> Relu -> Resize`` chain. Everything here is plain ONNX: the file runs on
-  any provider (onnxruntime's own provider-specific fusions happen at session start).
+  element-wise ops, drops no-op ``Slice``/``Identity`` nodes, turns layout changes that only
+  move size-1 axes into free ``Reshape`` nodes, gives integer nearest ``Resize`` nodes the
+  ``asymmetric``/``floor`` form that onnxruntime's fast (NCHWc) upsampling handles, and runs 1x1
+  convolutions before (instead of after) an upsampling, so onnxruntime sees a plain NCHW
+  ``Conv -> Mul -> Add -> Relu -> Resize`` chain. Every rewrite is exact, and everything is plain
+  ONNX: the file runs on any provider (onnxruntime's own provider-specific fusions, e.g. NCHWc,
+  happen at session start, so no ORT-optimized file is shipped).
 * **Metadata.** ``metadata_props`` carry everything ``augment``/``evaluate``/``inspect`` need
   (docs/ARCHITECTURE.md, "ONNX generator"), so the file alone describes itself.
 * **Parity.** The exported file is run in onnxruntime (CPU) and compared with the Keras model in
@@ -170,7 +173,6 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
 
     import tf2onnx
 
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     with _quiet_tf2onnx():
         proto, _ = tf2onnx.convert.from_function(generate, input_signature=signature,
                                                  opset=opset)
@@ -523,6 +525,55 @@ def _pointwise_before_upsample(model: Any) -> int:
     return count
 
 
+def _split_single_output_convs(model: Any) -> int:
+    """A ``Conv`` with one output channel and a ``kh x kw`` kernel -> two exact, cheaper convs.
+
+    onnxruntime's blocked (NCHWc) convolution computes output channels in blocks of 8, so a
+    one-channel output (every generator's last layer) costs 8x its FLOPs: for the paper's 16x16
+    final convolution that is most of the generator's time. Splitting the kernel by rows gives
+    ``Conv(Cin -> kh, 1 x kw)`` (one output channel per kernel row; same FLOPs as before, in full
+    blocks) and a fixed ``Conv(kh -> 1, kh x 1)`` that adds the rows up with the vertical padding
+    (``kh^2`` MACs per pixel).
+    """
+    from onnx import helper, numpy_helper
+
+    g = _Graph(model)
+    count = 0
+    for node in list(model.graph.node):
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        weight = g.const(node.input[1])
+        bias = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if (weight is None or weight.ndim != 4 or weight.shape[0] != 1 or weight.shape[2] < 3
+                or (len(node.input) > 2 and node.input[2] and bias is None)
+                or _attr(node, "group", 1) != 1
+                or any(v != 1 for v in _attr(node, "strides", [1, 1]))
+                or any(v != 1 for v in _attr(node, "dilations", [1, 1]))
+                or _attr(node, "auto_pad", "NOTSET") != "NOTSET"):
+            continue
+        kh = weight.shape[2]
+        pt, pl, pb, pr = _attr(node, "pads", [0, 0, 0, 0])
+        rows = np.ascontiguousarray(weight[0].transpose(1, 0, 2)[:, :, None, :])  # [kh,Cin,1,kw]
+        adder = np.zeros((1, kh, kh, 1), dtype=weight.dtype)
+        adder[0, np.arange(kh), np.arange(kh), 0] = 1
+        base = node.output[0] + "__rows"
+        model.graph.initializer.extend([numpy_helper.from_array(rows, base + "_w"),
+                                        numpy_helper.from_array(adder, base + "_sum")])
+        inputs = [base, base + "_sum"]
+        if bias is not None:
+            inputs.append(node.input[2])
+        index = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, helper.make_node(
+            "Conv", inputs, [node.output[0]], kernel_shape=[kh, 1], pads=[pt, 0, pb, 0],
+            name=base + "_add_rows"))
+        model.graph.node.insert(index, helper.make_node(
+            "Conv", [node.input[0], base + "_w"], [base], kernel_shape=[1, weight.shape[3]],
+            pads=[0, pl, 0, pr], name=base + "_conv"))
+        count += 1
+    return count
+
+
 def _drop_unused_initializers(model: Any) -> None:
     used = {name for node in model.graph.node for name in node.input}
     used |= {o.name for o in model.graph.output}
@@ -542,7 +593,8 @@ def optimize_graph(model: Any) -> dict[str, int]:
     stats = {"noops": _drop_noops(model), "resize": _integer_nearest_resizes(model),
              "transpose_pairs": _sink_transposes(model),
              "transpose_reshapes": _transposes_to_reshapes(model),
-             "pointwise_before_upsample": _pointwise_before_upsample(model)}
+             "pointwise_before_upsample": _pointwise_before_upsample(model),
+             "split_single_output_convs": _split_single_output_convs(model)}
     _drop_unused_initializers(model)
     del model.graph.value_info[:]
     onnx.checker.check_model(model)
