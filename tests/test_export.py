@@ -124,6 +124,33 @@ def test_pointwise_conv_moves_before_upsample() -> None:
     np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel,pads", [(3, [1, 1, 1, 1]), (4, [1, 1, 2, 2])])
+def test_single_output_conv_split_by_rows(kernel: int, pads: list[int]) -> None:
+    """Conv(C -> 1, k x k) == Conv(C -> k, 1 x k) then the row-adding Conv(k -> 1, k x 1)."""
+    from cxraug.export.onnx_export import optimize_graph
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "w", "bias"], ["c"], kernel_shape=[kernel, kernel],
+                              pads=pads),
+             helper.make_node("Tanh", ["c"], ["y"])]
+    inits = [numpy_helper.from_array(
+                 rng.standard_normal((1, 5, kernel, kernel)).astype(np.float32) / 4, "w"),
+             numpy_helper.from_array(np.array([0.3], np.float32), "bias")]
+    graph = helper.make_graph(
+        nodes, "last", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 7, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 7, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal((2, 5, 7, 6)).astype(np.float32)}
+    before = ort.InferenceSession(model.SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert optimize_graph(model)["split_single_output_convs"] == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Conv", "Tanh"]
+    after = ort.InferenceSession(model.SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+
+
 def test_float16_keeps_float32_interface_and_runs() -> None:
     from cxraug.export.onnx_export import convert_float16
 

@@ -10,8 +10,10 @@ Why each step exists:
   (class-conditional) scale/shift tensors. :func:`optimize_graph` sinks them through those
   element-wise ops, drops no-op ``Slice``/``Identity`` nodes, turns layout changes that only
   move size-1 axes into free ``Reshape`` nodes, gives integer nearest ``Resize`` nodes the
-  ``asymmetric``/``floor`` form that onnxruntime's fast (NCHWc) upsampling handles, and runs 1x1
-  convolutions before (instead of after) an upsampling, so onnxruntime sees a plain NCHW
+  ``asymmetric``/``floor`` form that onnxruntime's fast (NCHWc) upsampling handles, runs 1x1
+  convolutions before (instead of after) an upsampling, and splits one-output-channel
+  convolutions (the last layer; onnxruntime computes outputs in blocks of 8) by kernel rows,
+  so onnxruntime sees a plain NCHW
   ``Conv -> Mul -> Add -> Relu -> Resize`` chain. Every rewrite is exact, and everything is plain
   ONNX: the file runs on any provider (onnxruntime's own provider-specific fusions, e.g. NCHWc,
   happen at session start, so no ORT-optimized file is shipped).
