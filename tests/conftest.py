@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-NIH_SAMPLE = Path(
-    os.environ.get("CXRAUG_NIH_SAMPLE", Path(__file__).resolve().parents[2] / "shared" / "nih-sample")
-)
+_DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "nih-sample"
+NIH_SAMPLE = Path(os.environ.get("CXRAUG_NIH_SAMPLE", _DEFAULT_SAMPLE))
 
 
 @pytest.fixture(scope="session")
