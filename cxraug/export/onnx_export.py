@@ -772,6 +772,10 @@ def _stamp(model: Any, meta: dict[str, str], spec: GeneratorSpec) -> None:
         "Made by `cxraug export-onnx`; see `cxraug inspect`.")
     graph_doc = {"z": "latent vector, standard normal", "label": "class index (int64)",
                  "labels": "multi-hot class vector (float32 0/1)"}
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "N"  # one name for the batch axis of every input and output
     for vi in model.graph.input:
         vi.doc_string = graph_doc.get(vi.name, "")
     for vi in model.graph.output:
