@@ -310,6 +310,9 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit status 2."""
+    # TensorFlow's C++ log (cuInit failures on CPU-only machines, graph attribute notices) buries
+    # the progress bars; Python errors still surface. Set TF_CPP_MIN_LOG_LEVEL=0 to see it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         code = app(args=argv, prog_name="cxraug", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into Exit(130) and returns it in this mode
