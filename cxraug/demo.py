@@ -121,6 +121,8 @@ def run_demo(
     result.contact_sheet = write_contact_sheet(model, cache, out / "contact_sheet.png")
     manifest = json.loads((aug / "manifest.json").read_text())
     result.lines += [
+        f"note: {DEMO_RECIPE} trains for minutes on a CPU: its images show the pipeline, not the "
+        "quality; measure a generator with `cxraug evaluate` and train a full recipe for real use",
         f"phantom data: {phantom}",
         f"cache:        {cache}",
         f"run:          {run_dir}",
