@@ -171,8 +171,15 @@ def _l2_normalize(v: Any, eps: float = 1e-12) -> Any:
 class _SpectralNormMixin:
     """Power-iteration spectral normalization of ``self.kernel`` (reshaped to ``[-1, out]``)."""
 
-    spectral_norm: bool
-    power_iterations: int
+    def __init__(self, *args: Any, spectral_norm: bool = True, power_iterations: int = 1,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spectral_norm = spectral_norm
+        self.power_iterations = power_iterations
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "spectral_norm": self.spectral_norm,
+                "power_iterations": self.power_iterations}
 
     def _build_sn(self: Any, out_dim: int) -> None:
         if self.spectral_norm:
@@ -233,12 +240,6 @@ class _SpectralNormMixin:
 class SNConv2D(_SpectralNormMixin, keras.layers.Conv2D):
     """``Conv2D`` with optional spectral normalization of its kernel."""
 
-    def __init__(self, *args: Any, spectral_norm: bool = True, power_iterations: int = 1,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.spectral_norm = spectral_norm
-        self.power_iterations = power_iterations
-
     def build(self, input_shape: Any) -> None:
         super().build(input_shape)
         self._build_sn(self.filters)
@@ -250,20 +251,10 @@ class SNConv2D(_SpectralNormMixin, keras.layers.Conv2D):
             outputs = ops.add(outputs, ops.reshape(self.bias, (1, 1, 1, self.filters)))
         return self.activation(outputs) if self.activation is not None else outputs
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "spectral_norm": self.spectral_norm,
-                "power_iterations": self.power_iterations}
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SNDense(_SpectralNormMixin, keras.layers.Dense):
     """``Dense`` with optional spectral normalization of its kernel."""
-
-    def __init__(self, *args: Any, spectral_norm: bool = True, power_iterations: int = 1,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.spectral_norm = spectral_norm
-        self.power_iterations = power_iterations
 
     def build(self, input_shape: Any) -> None:
         super().build(input_shape)
@@ -275,10 +266,6 @@ class SNDense(_SpectralNormMixin, keras.layers.Dense):
         if self.use_bias:
             outputs = ops.add(outputs, self.bias)
         return self.activation(outputs) if self.activation is not None else outputs
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "spectral_norm": self.spectral_norm,
-                "power_iterations": self.power_iterations}
 
 
 # ----------------------------------------------------------------------------- labels
