@@ -13,10 +13,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Map generator outputs in [-1, 1] to 8-bit gray, rounding and clipping."""
-    return np.clip(np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(
-        np.uint8
-    )
+    """Map generator outputs in [-1, 1] to 8-bit gray: ``(x + 1) * 127.5``, rounded, clipped.
+
+    The one conversion used by augment (the saved PNG bytes), evaluate and every grid, so all of
+    them see the same pixels. A trailing channel axis of size 1 is dropped.
+    """
+    arr = np.asarray(images, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def labelled_grid(

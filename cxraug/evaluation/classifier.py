@@ -42,14 +42,6 @@ def to_unit_range(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """float images in ``[-1, 1]`` -> uint8, rounded as a saved PNG would be."""
-    arr = np.asarray(images, dtype=np.float32)
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 ``[N, H, W]`` to ``size x size`` (area filter down, bicubic up)."""
     images = np.asarray(images)

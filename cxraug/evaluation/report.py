@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CxrError
+from ..grid import to_uint8
 from ..io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 from . import metrics as M
 from .classifier import (
@@ -46,7 +47,6 @@ from .classifier import (
     ClassifierFeatures,
     open_cache,
     resize_images,
-    to_uint8,
 )
 
 #: Near-copy threshold: percentile of the real held-out -> train nearest-neighbour pixel distances.

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CxrError
+from ..grid import to_uint8  # noqa: F401  (re-exported: augment and users import it here)
 
 #: Metadata keys every cxraug generator carries; the rest of the card is informative.
 REQUIRED_META: tuple[str, ...] = ("class_names", "latent_dim", "image_size", "label_mode")
@@ -245,12 +246,6 @@ class OnnxGenerator:
     def __repr__(self) -> str:
         return (f"OnnxGenerator({str(self.path)!r}, provider={self.provider}, "
                 f"classes={len(self.class_names)}, size={self.image_size})")
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Map ``[-1, 1]`` floats to 8-bit gray: ``(x + 1) * 127.5``, rounded, clipped to 0..255."""
-    scaled = (np.asarray(images, dtype=np.float32) + 1.0) * 127.5
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- model card
