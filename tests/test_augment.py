@@ -390,6 +390,34 @@ def _start_and_stop(args: list[str], images: Path, at_least: int, sig: int) -> i
     return proc.wait()
 
 
+def test_interrupt_right_after_a_submit_lists_every_file_on_disk(
+        model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing between handing a chunk to the writer pool and recording it (a real race
+    CI hit) must still leave a CSV that lists exactly the PNGs on disk."""
+    import concurrent.futures
+
+    import cxraug.synthesis.augment as augment_module
+
+    class InterruptedPool(concurrent.futures.ThreadPoolExecutor):
+        calls = 0
+
+        def submit(self, *args, **kwargs):  # type: ignore[override]
+            future = super().submit(*args, **kwargs)
+            InterruptedPool.calls += 1
+            if InterruptedPool.calls == 5:
+                future.result()  # the chunk is on disk before the "Ctrl-C" arrives
+                raise KeyboardInterrupt
+            return future
+
+    monkeypatch.setattr(augment_module, "ThreadPoolExecutor", InterruptedPool)
+    out = tmp_path / "aug"
+    with pytest.raises(KeyboardInterrupt):
+        run(model, out, per_class=40, classes=["Effusion"], batch_size=8, workers=2)
+    names = sorted(os.listdir(out / "images"))
+    assert len(names) == 5 * 4  # the pool is FIFO: chunks 1-5 (4 images each) are written
+    assert sorted(read_nih_csv(out / "Data_Entry_2017.csv")["Image Index"]) == names
+
+
 @pytest.mark.slow
 def test_ctrl_c_then_kill_9_then_resume(tmp_path: Path) -> None:
     model = make_generator(tmp_path / "g.onnx", size=32, channels=8)

@@ -785,6 +785,7 @@ def augment(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxraug-png")
     pending: set[Future] = set()
     owner: dict[Future, int] = {}  # future -> target position
+    submitted: list[tuple[int, list[int], list[Path]]] = []  # every chunk handed to the pool
 
     def collect(done: Iterable[Future]) -> None:
         """Record finished writes; a class whose last image landed gets its CSV update."""
@@ -828,8 +829,11 @@ def augment(
                 bar_for(i)
                 for s0 in range(c, e, step):
                     ks = [k for _, k in batch[s0:min(e, s0 + step)]]
-                    fut = pool.submit(_write_batch, images[s0:s0 + len(ks)],
-                                      [folder / synthetic_name(t.code, k) for k in ks], ks, size)
+                    names = [folder / synthetic_name(t.code, k) for k in ks]
+                    # noted before submitting, so an interrupt at any point below cannot leave a
+                    # written file that the CSVs never list
+                    submitted.append((i, ks, names))
+                    fut = pool.submit(_write_batch, images[s0:s0 + len(ks)], names, ks, size)
                     pending.add(fut)
                     owner[fut] = i
             while len(pending) > 2 * workers:
@@ -845,14 +849,13 @@ def augment(
         collect(done)
     except BaseException:
         # Ctrl-C or a write error: keep what is complete, list exactly that, then re-raise
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True)
-        # every submitted write not yet recorded (owner), including any caught between
-        # ``pending -= done`` and ``collect(done)`` when the interrupt arrived
-        finished = [f for f in list(owner) if not f.cancelled() and f.exception() is None]
-        with contextlib.suppress(Exception):
-            collect(finished)
+        pool.shutdown(wait=True, cancel_futures=True)
+        # The interrupt can land anywhere in the bookkeeping (after a submit, between
+        # ``owner.pop`` and ``present.update``), so list what is on disk, not what was recorded:
+        # a final name only ever appears complete (atomic rename).
+        for i, ks, names in submitted:
+            present[targets[i].code].update(
+                k for k, name in zip(ks, names, strict=True) if name.exists())
         for bar in bars.values():
             bar.close()
         with contextlib.suppress(Exception):
