@@ -251,11 +251,14 @@ def train_classifier(
     out: Annotated[Path, typer.Option(help="Classifier folder.")],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    image_size: Annotated[int | None, typer.Option(
+        help="Train at this size (default: the cache's); generators of another size are resized "
+             "to it when judged.")] = None,
 ) -> None:
     """Train the CNN used as feature space and label judge."""
     from .evaluation.classifier import train_classifier as run
 
-    result = run(data=data, out=out, epochs=epochs, seed=seed)
+    result = run(data=data, out=out, epochs=epochs, seed=seed, image_size=image_size)
     typer.echo(result.summary())
 
 

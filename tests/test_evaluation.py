@@ -19,7 +19,7 @@ import pytest
 from cxraug.data.cache import CacheReader
 from cxraug.errors import CxrError
 from cxraug.evaluation import metrics as M
-from cxraug.evaluation.classifier import ClassifierFeatures, train_classifier
+from cxraug.evaluation.classifier import FEATURE_DIM, ClassifierFeatures, train_classifier
 from cxraug.evaluation.report import evaluate
 
 N_PER_CLASS = 16
@@ -104,6 +104,24 @@ def test_classifier_errors_are_one_line(tmp_path: Path) -> None:
         ClassifierFeatures(tmp_path)
     with pytest.raises(CxrError, match="cache not found"):
         train_classifier(tmp_path / "missing.h5", tmp_path / "c", epochs=1, progress=False)
+
+
+@pytest.mark.slow
+def test_cli_train_classifier_at_another_size(phantom_cache: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """``--image-size`` trains the judge at that size, and it then embeds images of any size."""
+    from cxraug.cli import main
+
+    out = tmp_path / "small"
+    assert main(["train-classifier", "--data", str(phantom_cache), "--out", str(out),
+                 "--epochs", "1", "--image-size", "24"]) == 0
+    assert json.loads((out / "classifier.json").read_text())["image_size"] == 24
+    features = ClassifierFeatures(out)
+    feats, probs = features.embed(np.zeros((3, 40, 40), np.uint8))
+    assert feats.shape == (3, FEATURE_DIM) and probs is not None and probs.shape[0] == 3
+    assert main(["train-classifier", "--data", str(phantom_cache), "--out",
+                 str(tmp_path / "tiny"), "--image-size", "4"]) == 2
+    assert "too small" in capsys.readouterr().err
 
 
 @pytest.mark.slow
