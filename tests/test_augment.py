@@ -524,3 +524,7 @@ def test_smoke_onnx_end_to_end(smoke_onnx: Path, phantom_cache: Path, tmp_path: 
     for batch in (1, 7):
         parts = [gen.generate(z[s:s + batch], lab[s:s + batch]) for s in range(0, 20, batch)]
         assert np.array_equal(np.concatenate(parts), whole)
+    # the real cxraug graph specializes for every class, and matches the full graph
+    assert gen.specialized_labels == len(names)
+    full = OnnxGenerator(smoke_onnx, device="cpu", specialize=False).generate(z, lab)
+    assert np.max(np.abs(full - whole)) < 1e-5

@@ -106,6 +106,67 @@ def test_generate_shapes_range_and_dynamic_batch(tmp_path: Path) -> None:
         gen.generate(z, np.full(4, 7))  # out of range class index
 
 
+@pytest.mark.parametrize("label_mode", ["index", "multi-hot"])
+def test_label_specialized_sessions_match_the_full_graph(tmp_path: Path, label_mode: str) -> None:
+    """Each label runs on its own specialized graph: same images as the full graph (to float
+    rounding), one session per distinct label, and a row's image never depends on its batch."""
+    path = make_generator(tmp_path / "g.onnx", label_mode=label_mode)
+    fast = OnnxGenerator(path, device="cpu")
+    full = OnnxGenerator(path, device="cpu", specialize=False)
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((12, 8)).astype(np.float32)
+    if label_mode == "index":
+        labels = np.array([0, 0, 3, 3, 3, 6, 0, 6, 1, 1, 3, 0])
+    else:
+        labels = np.zeros((12, 7), np.float32)
+        labels[np.arange(12), np.arange(12) % 3] = 1
+        labels[::4, 5] = 1  # label combinations are labels of their own
+    out = fast.generate(z, labels)
+    assert np.max(np.abs(out - full.generate(z, labels))) < 1e-5
+    assert fast.specialized_labels == len(np.unique(labels, axis=0))
+    assert full.specialized_labels == 0
+    one_by_one = np.concatenate([fast.generate(z[i:i + 1], labels[i:i + 1]) for i in range(12)])
+    assert np.array_equal(one_by_one, out)
+
+
+def test_specialization_declines_graphs_it_cannot_rewrite() -> None:
+    """A label map concatenated with a feature map (the paper's generator) cannot become a
+    constant row: the rewrite returns None and generation keeps the full graph."""
+    from cxraug.synthesis.specialize import affine_chains_to_batchnorm, specialize_for_label
+
+    nodes = [oh.make_node("Gather", ["E", "label"], ["emb"]),
+             oh.make_node("Concat", ["z", "emb"], ["h"], axis=1),
+             oh.make_node("Relu", ["h"], ["image"])]
+    graph = oh.make_graph(
+        nodes, "g", [oh.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2]),
+                     oh.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
+        [oh.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 4])],
+        [nh.from_array(np.eye(2, dtype=np.float32), "E")])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=9)
+    assert specialize_for_label(model, "label", np.array([1])) is None
+    assert specialize_for_label(model, "labels", np.array([1])) is None  # no such input
+    # per-channel constant Mul/Add chains become one BatchNormalization, other shapes do not
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2, 2])
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 2, 2])
+    inits = [nh.from_array(np.array([2, 3, 4], np.float32).reshape(1, 3, 1, 1), "s"),
+             nh.from_array(np.array([1, 0, -1], np.float32).reshape(1, 3, 1, 1), "b"),
+             nh.from_array(np.array([1, 2], np.float32), "w")]  # along W, not channels
+    chain = oh.make_model(oh.make_graph(
+        [oh.make_node("Mul", ["x", "s"], ["m"]), oh.make_node("Add", ["m", "b"], ["a"]),
+         oh.make_node("Mul", ["a", "w"], ["y"])], "c", [x], [y], inits),
+        opset_imports=[oh.make_opsetid("", 17)], ir_version=9)
+    assert affine_chains_to_batchnorm(chain) == 1
+    assert [n.op_type for n in chain.graph.node] == ["BatchNormalization", "Mul"]
+    import onnxruntime as ort
+
+    data = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    (got,) = ort.InferenceSession(chain.SerializeToString(),
+                                  providers=["CPUExecutionProvider"]).run(None, {"x": data})
+    want = (data * np.array([2, 3, 4]).reshape(1, 3, 1, 1) + np.array([1, 0, -1]).reshape(
+        1, 3, 1, 1)) * np.array([1, 2])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_multi_hot_and_unconditional_models(tmp_path: Path) -> None:
     hot = OnnxGenerator(make_generator(tmp_path / "h.onnx", label_mode="multi-hot"), device="cpu")
     labels = np.zeros((2, 7), np.float32)

@@ -31,6 +31,11 @@ INPUTS_BY_MODE: dict[str, tuple[str, ...]] = {
     "none": ("z",),
 }
 OUTPUT_NAME = "image"
+#: Largest difference a class-specialized session may show against the full graph (float
+#: rounding of the folded constants is ~1e-6).
+SPECIALIZE_TOL = 1e-4
+#: Specialized sessions kept at once (one per label or label combination in use).
+MAX_LABEL_SESSIONS = 32
 DEVICES = ("auto", "cuda", "cpu")
 
 _EXPORT_FIX = "export the run with `cxraug export-onnx --run runs/NAME --out MODEL.onnx`"
@@ -133,7 +138,11 @@ class OnnxGenerator:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, specialize: bool = True) -> None:
+        """``specialize``: run each label through its own class-specialized copy of the graph
+        (see :mod:`cxraug.synthesis.specialize`; about 1.2-1.3x faster on CPU for the default
+        generator, checked against the full graph). Every image then comes from its label's
+        session whatever else shares its batch, so outputs never depend on batching."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -148,6 +157,7 @@ class OnnxGenerator:
                     str(self.path), sess_options=session_options(threads, spinning),
                     providers=providers,
                 )
+            self._session_args = (threads, spinning, self.session.get_providers())
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             text = str(exc).strip()
             first = text.splitlines()[0][:200] if text else type(exc).__name__
@@ -163,6 +173,10 @@ class OnnxGenerator:
         raw = self.session.get_modelmeta().custom_metadata_map or {}
         self.meta: dict[str, Any] = _read_meta(self.path, dict(raw))
         self._check_io()
+        self.specialize = bool(specialize) and self.label_mode != "none"
+        self._proto: Any = None
+        #: label bytes -> its specialized session, or None where the graph cannot be specialized
+        self._label_sessions: dict[bytes, Any] = {}
 
     # ------------------------------------------------------------------ contract checks
     def _check_io(self) -> None:
@@ -237,9 +251,73 @@ class OnnxGenerator:
                 raise ValueError(f"multi-hot labels must be [{z.shape[0]}, "
                                  f"{len(self.class_names)}], got {hot.shape}")
             feeds["labels"] = hot
-        (image,) = self.session.run([OUTPUT_NAME], feeds)
+        if self.specialize and z.shape[0]:
+            image = self._generate_by_label(z, feeds)
+        else:
+            (image,) = self.session.run([OUTPUT_NAME], feeds)
         # onnxruntime's tanh can overshoot by an ulp (1.0000001); the contract says [-1, 1]
         return np.clip(image[..., 0], -1.0, 1.0)
+
+    # ------------------------------------------------------------------ per-label sessions
+    @property
+    def specialized_labels(self) -> int:
+        """How many labels run on a specialized session so far (0: none, or not possible)."""
+        return sum(1 for s in self._label_sessions.values() if s is not None)
+
+    def _generate_by_label(self, z: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Each distinct label's rows through that label's session (full graph as fallback)."""
+        name = "label" if self.label_mode == "index" else "labels"
+        rows = feeds[name]
+        uniques, inverse = np.unique(rows, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        size = self.image_size
+        image = np.empty((z.shape[0], size, size, 1), np.float32)
+        for u, value in enumerate(uniques):
+            idx = np.flatnonzero(inverse == u)
+            part = slice(idx[0], idx[-1] + 1) if idx[-1] - idx[0] + 1 == idx.size else idx
+            session = self._session_for(value)
+            if session is None:
+                (image[part],) = self.session.run([OUTPUT_NAME], {"z": z[part], name: rows[part]})
+            else:
+                (image[part],) = session.run([OUTPUT_NAME], {"z": z[part]})
+        return image
+
+    def _session_for(self, value: np.ndarray) -> Any:
+        key = np.ascontiguousarray(value).tobytes()
+        if key not in self._label_sessions:
+            if len(self._label_sessions) >= MAX_LABEL_SESSIONS:  # oldest out (rebuilt alike)
+                del self._label_sessions[next(iter(self._label_sessions))]
+            self._label_sessions[key] = self._build_label_session(np.asarray(value))
+        return self._label_sessions[key]
+
+    def _build_label_session(self, value: np.ndarray) -> Any:
+        """A session of the graph specialized to ``value``, checked against the full graph on
+        fixed latents; ``None`` when the graph cannot be specialized or the check fails."""
+        import onnx
+        import onnxruntime as ort
+
+        from .specialize import specialize_for_label
+
+        name = "label" if self.label_mode == "index" else "labels"
+        label = value.reshape(1, *value.shape).astype(np.int64 if name == "label" else np.float32)
+        if self._proto is None:
+            self._proto = onnx.load(str(self.path))
+        special = specialize_for_label(self._proto, name, label)
+        if special is None:
+            return None
+        threads, spinning, providers = self._session_args
+        try:
+            with _quiet_ort():
+                session = ort.InferenceSession(special.SerializeToString(),
+                                               sess_options=session_options(threads, spinning),
+                                               providers=providers)
+            check = np.random.default_rng(0).standard_normal(
+                (4, self.latent_dim)).astype(np.float32)
+            (full,) = self.session.run([OUTPUT_NAME], {"z": check, name: np.repeat(label, 4, 0)})
+            (fast,) = session.run([OUTPUT_NAME], {"z": check})
+        except Exception:  # onnxruntime rejects the rewritten graph: keep the full one
+            return None
+        return session if float(np.max(np.abs(full - fast))) <= SPECIALIZE_TOL else None
 
     __call__ = generate
 
