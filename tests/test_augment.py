@@ -221,6 +221,9 @@ def test_nih_csv_layout_and_mixed_csv(nih_sample: Path, model: Path, tmp_path: P
 
     assert manifest["model"]["sha256"] == sha256_file(model)
     assert manifest["provider"] == result.provider == "CPUExecutionProvider"
+    # every class that was generated ran on its own specialized session
+    made = [c for c in manifest["classes"] if c["generate"] > 0]
+    assert manifest["label_specialized_sessions"] == len(made) > 0
     assert {"cxraug", "onnxruntime", "numpy"} <= set(manifest["versions"])
     assert [c["name"] for c in manifest["classes"]] == list(PAPER7)
     assert "Atelectasis" in result.summary()

@@ -731,6 +731,7 @@ def augment(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": {"path": str(model), "sha256": model_sha, "metadata": raw_meta},
             "seed": int(seed), "shard": f"{shard_i}/{shard_n}", "provider": gen.provider,
+            "label_specialized_sessions": gen.specialized_labels,
             "device": device, "image_size": size, "layout": layout,
             "label_mode": gen.label_mode,
             "real_source": None if real is None else real.source, "real_rows_in_mixed": rows_real,
