@@ -36,7 +36,9 @@ def test_default_and_small_recipes_use_the_improvements() -> None:
         r = load_recipe(name)
         assert r.model.arch == "cxraug" and r.train.loss == "hinge"
         assert r.train.ema_decay > 0 and r.train.diffaugment and r.train.class_balanced
+        assert r.train.aux_class_weight > 0 and r.train.d_lr > r.train.g_lr  # class head, TTUR
     assert load_recipe("smoke-32").model.image_size == 32
+    assert load_recipe("paper-128").train.aux_class_weight == 0  # the paper stays the paper
 
 
 def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:

@@ -116,16 +116,22 @@ def _tiny(arch: str, **train: object):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,half,loss", [("paper", True, "bce"), ("paper", False, "bce"),
-                                            ("cxraug", False, "hinge")])
-def test_one_step_moves_every_weight_of_both_networks(arch: str, half: bool, loss: str) -> None:
+@pytest.mark.parametrize("arch,half,loss,aux", [("paper", True, "bce", 0.0),
+                                                ("paper", False, "bce", 0.0),
+                                                ("cxraug", False, "hinge", 0.0),
+                                                ("cxraug", False, "hinge", 1.0),
+                                                ("cxraug", True, "bce", 0.5)])
+def test_one_step_moves_every_weight_of_both_networks(arch: str, half: bool, loss: str,
+                                                      aux: float) -> None:
     import tensorflow as tf
 
     from cxraug.training.loop import GANTrainer
 
     recipe = _tiny(arch, d_half_batches=half, loss=loss, diffaugment="translation,cutout" if
-                   arch == "cxraug" else "")
+                   arch == "cxraug" else "", aux_class_weight=aux)
     trainer = GANTrainer(recipe, num_classes=7)
+    heads = [v.path for v in trainer.discriminator.trainable_variables if "class_logits" in v.path]
+    assert len(heads) == (2 if aux else 0)  # the auxiliary class head exists only when asked
     g0 = [v.numpy().copy() for v in trainer.generator.trainable_variables]
     d0 = [v.numpy().copy() for v in trainer.discriminator.trainable_variables]
     n = trainer.real_batch
@@ -143,6 +149,37 @@ def test_one_step_moves_every_weight_of_both_networks(arch: str, half: bool, los
     # The paper's half-batch mode makes two D updates per step, the other mode one.
     assert int(trainer.d_optimizer.iterations.numpy()) == (2 if half else 1)
     assert int(trainer.g_optimizer.iterations.numpy()) == 1
+
+
+def test_auxiliary_class_loss_is_weighted_cross_entropy() -> None:
+    """The class term against hand-computed softmax / sigmoid cross-entropy, in both label modes,
+    and exactly zero without the head."""
+    import tensorflow as tf
+
+    from cxraug.training.loop import GANTrainer
+
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], np.float32)
+    trainer = GANTrainer.__new__(GANTrainer)  # only the loss helper, no networks
+    trainer.aux_weight, trainer.label_mode = 0.5, "index"
+    got = trainer._class_loss(tf.constant(logits), tf.constant([0, 1])).numpy()
+    assert got.shape == (2, 1)  # per example, like the GAN loss of logits [N, 1]: no broadcasting
+    got = got[:, 0]
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(got, 0.5 * -log_softmax[[0, 1], [0, 1]], rtol=1e-6)
+    trainer.label_mode = "multi-hot"
+    hot = np.array([[1, 0, 1], [0, 0, 0]], np.float32)
+    got = trainer._class_loss(tf.constant(logits), tf.constant(hot)).numpy()[:, 0]
+    p = 1 / (1 + np.exp(-logits))
+    bce = -(hot * np.log(p) + (1 - hot) * np.log(1 - p))
+    np.testing.assert_allclose(got, 0.5 * bce.sum(axis=1), rtol=1e-5)
+    assert np.all(trainer._class_loss(None, tf.constant([0, 1])).numpy() == 0)
+
+
+def test_auxiliary_class_loss_needs_the_cxraug_discriminator() -> None:
+    with pytest.raises(CxrError, match="aux_class_weight needs model.arch"):
+        _tiny("paper", aux_class_weight=1.0)
+    with pytest.raises(CxrError, match=r"aux_class_weight must be in \[0, 100\]"):
+        _tiny("cxraug", aux_class_weight=-1.0)
 
 
 @pytest.mark.slow
@@ -281,7 +318,7 @@ def test_refuses_a_non_empty_folder_and_a_changed_recipe(
     assert (busy / "notes.txt").read_text() == "mine"
     with pytest.raises(CxrError, match="holds no run"):
         train(recipe, data=phantom_cache, out=tmp_path / "new", resume=True, progress=False)
-    changed = load_recipe("smoke-32", overrides={"train.g_lr": 1e-4, "train.epochs": 3})
+    changed = load_recipe("smoke-32", overrides={"train.g_lr": 3e-4, "train.epochs": 3})
     with pytest.raises(CxrError, match=r"recipe differs.*train\.g_lr"):
         train(changed, data=phantom_cache, out=smoke_run, resume=True, progress=False)
     other = tmp_path / "other.h5"

@@ -48,11 +48,17 @@ def build_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
     return build_paper_generator(cfg, num_classes)
 
 
-def build_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Model:
-    """The discriminator for ``cfg.arch``; it returns logits, never probabilities."""
+def build_discriminator(cfg: ModelConfig, num_classes: int,
+                        class_head: bool = False) -> keras.Model:
+    """The discriminator for ``cfg.arch``; it returns logits, never probabilities.
+
+    ``class_head`` (cxraug only) adds a second output, class logits [N, C].
+    """
     _check(cfg, num_classes)
     if cfg.arch == "cxraug":
-        return build_cxraug_discriminator(cfg, num_classes)
+        return build_cxraug_discriminator(cfg, num_classes, class_head=class_head)
+    if class_head:
+        raise CxrError(f"the {cfg.arch} discriminator has no class head; use model.arch cxraug")
     return build_paper_discriminator(cfg, num_classes)
 
 

@@ -9,9 +9,10 @@ then one residual block per doubling up to ``S``::
 
 halving the channels each block (never below 16), then ``BN -> ReLU -> Conv3x3 -> tanh``. Why:
 
-* the label enters twice - in the latent code and as a class-conditional gain/bias in every
-  normalization - which is what makes a label change the picture (the paper's label only enters
-  once, as an extra input plane that the network can ignore);
+* the label enters twice - in the latent code (an embedding as loud as ``z``: N(0, 1)) and as
+  a class-conditional gain/bias in every normalization - which is what makes a label change the
+  picture (the paper's label only enters once, as an extra input plane that the network can
+  ignore);
 * resize-then-convolve upsampling has no checkerboard artefacts and exports to one ONNX ``Resize``
   (``Conv2DTranspose`` does both badly), and the network is ~10x cheaper per image than the
   paper's (0.41 GFLOPs per image at 128x128 against 3.9).
@@ -84,8 +85,11 @@ def build_cxraug_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
     widths = generator_widths(cfg)
     z = keras.Input(shape=(cfg.latent_dim,), dtype="float32", name="z")
     label = _label_input(cfg, num_classes)
+    # N(0, 1) like z: with Keras' default N(0, 0.05) the label is 20x quieter than the noise in
+    # the first layer and a CPU-length run learns to ignore it (benchmarks/conditioning.py)
     e = ClassEmbedding(num_classes, cfg.embedding_dim, multi_hot=multi_hot,
-                       initializer="random_normal", name="label_embedding")(label)
+                       initializer=keras.initializers.RandomNormal(stddev=1.0),
+                       name="label_embedding")(label)
     h = layers.Concatenate(name="z_label")([z, e])
     base, _ = base_resolution(cfg.image_size)
     h = layers.Dense(base * base * widths[0], name="seed_dense")(h)
@@ -110,8 +114,13 @@ def build_cxraug_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
     return keras.Model([z, label], image, name="cxraug_generator")
 
 
-def build_cxraug_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Model:
-    """Inputs ``image`` and ``label``/``labels``; output logits [N, 1] (projection D)."""
+def build_cxraug_discriminator(cfg: ModelConfig, num_classes: int,
+                               class_head: bool = False) -> keras.Model:
+    """Inputs ``image`` and ``label``/``labels``; output logits [N, 1] (projection D).
+
+    ``class_head``: a second output, class logits [N, C] from the same pooled features (the
+    auxiliary classifier of ``train.aux_class_weight``); it sees the image only, never the label.
+    """
     sn = cfg.spectral_norm
     multi_hot = cfg.label_mode == "multi-hot"
     widths = discriminator_widths(cfg)
@@ -133,4 +142,8 @@ def build_cxraug_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Mode
                        name="projection_embedding")(label)
     proj = layers.Dot(axes=1, name="projection")([e, h])
     logits = layers.Add(dtype="float32", name="logits")([linear, proj])
+    if class_head:
+        classes = SNDense(num_classes, spectral_norm=sn, dtype="float32",
+                          name="class_logits")(h)
+        return keras.Model([image, label], [logits, classes], name="cxraug_discriminator")
     return keras.Model([image, label], logits, name="cxraug_discriminator")

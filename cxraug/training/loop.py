@@ -176,6 +176,7 @@ class GANTrainer:
         self.half = bool(t.d_half_batches)
         self.policies = list(t.diffaugment)
         self.ema_decay = float(t.ema_decay)
+        self.aux_weight = float(t.aux_class_weight)
         self.label_mode = "none" if m.arch == "paper-dcgan" else m.label_mode
         self.label_key = "labels" if self.label_mode == "multi-hot" else "label"
         self.fake_labels = "data" if self.label_mode == "multi-hot" else t.fake_labels
@@ -189,7 +190,8 @@ class GANTrainer:
         self.mixed = bool(t.mixed_precision)
         with _dtype_policy(self.mixed), self.strategy.scope():
             self.generator = models.build_generator(m, self.num_classes)
-            self.discriminator = models.build_discriminator(m, self.num_classes)
+            self.discriminator = models.build_discriminator(
+                m, self.num_classes, class_head=self.aux_weight > 0)
             self.ema_generator = (models.build_generator(m, self.num_classes)
                                   if self.ema_decay > 0 else None)
             self.g_optimizer = self._optimizer(t.g_lr, t, "g_adam")
@@ -233,11 +235,29 @@ class GANTrainer:
         inputs = z if self.label_mode == "none" else {"z": z, self.label_key: labels}
         return tf.cast(self.generator(inputs, training=training), tf.float32)
 
-    def _d(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    def _d(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """(real/fake logits [N, 1], class logits [N, C] or None without the class head)."""
         images = diff_augment(images, self.policies, self.rng)
         inputs = images if self.label_mode == "none" else {"image": images,
                                                             self.label_key: labels}
-        return tf.cast(self.discriminator(inputs, training=True), tf.float32)
+        out = self.discriminator(inputs, training=True)
+        if self.aux_weight > 0:
+            return tf.cast(out[0], tf.float32), tf.cast(out[1], tf.float32)
+        return tf.cast(out, tf.float32), None
+
+    def _class_loss(self, class_logits: tf.Tensor | None, labels: tf.Tensor) -> tf.Tensor:
+        """Per-example auxiliary class loss [N, 1], shaped like the GAN loss of logits [N, 1] so
+        the two add per example (0 without the head): softmax cross-entropy for index labels,
+        per-finding sigmoid cross-entropy summed over findings for multi-hot."""
+        if class_logits is None:
+            return tf.zeros([tf.shape(labels)[0], 1], tf.float32)
+        if self.label_mode == "multi-hot":
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(labels, tf.float32),
+                                                          class_logits)
+            return self.aux_weight * tf.reduce_sum(bce, axis=1, keepdims=True)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32),
+                                                            class_logits)
+        return self.aux_weight * ce[:, None]
 
     def _noise(self, n: int, real_labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Latent vectors and fake labels for ``n`` fakes."""
@@ -268,21 +288,27 @@ class GANTrainer:
         fake = tf.stop_gradient(self._g(z, fake_labels))
         if self.half:
             with tf.GradientTape() as tape:
-                real_logits = self._d(real, labels)
-                loss_real = self._avg(d_loss_real(real_logits, self.loss), self.real_batch)
+                real_logits, real_classes = self._d(real, labels)
+                loss_real = self._avg(d_loss_real(real_logits, self.loss)
+                                      + self._class_loss(real_classes, labels), self.real_batch)
                 scaled = self.d_optimizer.scale_loss(loss_real)
             self._apply(self.d_optimizer, tape, scaled, d_vars)
             with tf.GradientTape() as tape:
-                fake_logits = self._d(fake, fake_labels)
+                fake_logits, _ = self._d(fake, fake_labels)
                 loss_fake = self._avg(d_loss_fake(fake_logits, self.loss), self.real_batch)
                 scaled = self.d_optimizer.scale_loss(loss_fake)
             self._apply(self.d_optimizer, tape, scaled, d_vars)
             d_loss = 0.5 * (loss_real + loss_fake)
         else:
             with tf.GradientTape() as tape:
-                logits = self._d(tf.concat([real, fake], 0), tf.concat([labels, fake_labels], 0))
+                logits, classes = self._d(tf.concat([real, fake], 0),
+                                          tf.concat([labels, fake_labels], 0))
                 real_logits, fake_logits = logits[:n_real], logits[n_real:]
-                d_loss = 0.5 * (self._avg(d_loss_real(real_logits, self.loss), self.real_batch)
+                # the class head learns from reals only, so fakes cannot teach it their mistakes
+                real_classes = None if classes is None else classes[:n_real]
+                d_loss = 0.5 * (self._avg(d_loss_real(real_logits, self.loss)
+                                          + self._class_loss(real_classes, labels),
+                                          self.real_batch)
                                 + self._avg(d_loss_fake(fake_logits, self.loss), self.real_batch))
                 scaled = self.d_optimizer.scale_loss(d_loss)
             self._apply(self.d_optimizer, tape, scaled, d_vars)
@@ -291,8 +317,9 @@ class GANTrainer:
         # 2. Generator, on a full batch of fresh latent/label pairs.
         z, g_labels = self._noise(self.local_batch, labels)
         with tf.GradientTape() as tape:
-            logits = self._d(self._g(z, g_labels), g_labels)
-            g_loss = self._avg(g_loss_fn(logits, self.loss), self.batch_size)
+            logits, classes = self._d(self._g(z, g_labels), g_labels)
+            g_loss = self._avg(g_loss_fn(logits, self.loss) + self._class_loss(classes, g_labels),
+                               self.batch_size)
             scaled = self.g_optimizer.scale_loss(g_loss)
         self._apply(self.g_optimizer, tape, scaled, g_vars)
         return {"d_loss": d_loss, "g_loss": g_loss, "d_acc_real": acc_real,

@@ -85,6 +85,13 @@ class TrainConfig:
         "always use data.",
         "uniform",
     )
+    aux_class_weight: float = _doc(
+        "Weight of an auxiliary class loss (cxraug arch only; 0 disables it): D gets a second "
+        "head that learns to name the finding of real images, and G is also trained to make that "
+        "head recognise the requested finding in its fakes (metrics.csv's d_loss and g_loss "
+        "then include this weighted term).",
+        0.0,
+    )
     steps_per_epoch: int = _doc("Steps per epoch; 0 means one pass over the split.", 0)
     seed: int = _doc("Seed for weights, sampling and noise (reproducible on CPU).", 0)
     checkpoint_every: int = _doc("Save a checkpoint every N epochs (and always at the end).", 5)
@@ -255,6 +262,11 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             fail(f"train.{key} must be in [0, 1), got {getattr(t, key)}")
     if not 0 <= t.ema_decay < 1:
         fail(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if not 0 <= t.aux_class_weight <= 100:
+        fail(f"train.aux_class_weight must be in [0, 100], got {t.aux_class_weight}")
+    if t.aux_class_weight > 0 and m.arch != "cxraug":
+        fail(f"train.aux_class_weight needs model.arch = \"cxraug\" (the {m.arch} "
+             "discriminator has no class head); set it to 0")
     bad = [p for p in t.diffaugment if p not in DIFFAUG_POLICIES]
     if bad:
         fail(f"train.diffaugment has unknown policies {bad}; allowed: "
