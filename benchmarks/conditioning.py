@@ -3,13 +3,14 @@
 Both are trained on the same phantom data set (whose classes differ visibly), for the same
 number of epochs at the same batch size, through the same training loop; each keeps its own
 losses and options (the paper: BCE, half-batch D steps, uniform fake labels, no EMA, no
-augmentation; cxraug: hinge, projection D, conditional BN, EMA, DiffAugment, class-balanced
-sampling). Then one judge classifier trained on the real images scores both generators with
-`cxraug evaluate`: label fidelity (AUROC and accuracy of the requested label on synthetic images,
-beside real held-out images), the same-z label swap (the paper's Figure 9 as a number), FID and
-KID. Prints a table and the ratios cxraug / paper.
+augmentation; cxraug: hinge, projection D with an auxiliary class head, TTUR learning rates,
+conditional BN, EMA, DiffAugment, class-balanced sampling). Then one judge classifier trained on
+the real images scores both generators with `cxraug evaluate`: label fidelity (AUROC and
+accuracy of the requested label on synthetic images, beside real held-out images), the same-z
+label swap (the paper's Figure 9 as a number), FID and KID. Prints a table and the ratios
+cxraug / paper.
 
-    python benchmarks/conditioning.py --n 1400 --epochs 20
+    python benchmarks/conditioning.py --n 1400 --epochs 50
 """
 
 from __future__ import annotations
