@@ -380,9 +380,15 @@ def _cli(*args: str) -> list[str]:
 
 
 def _start_and_stop(args: list[str], images: Path, at_least: int, sig: int) -> int:
-    """Start ``cxraug augment`` in a subprocess, send ``sig`` once ``at_least`` PNGs exist."""
+    """Start ``cxraug augment`` in a subprocess, send ``sig`` once ``at_least`` PNGs exist.
+
+    The child gets the default SIGINT disposition: a test runner started in the background by a
+    non-interactive shell inherits SIGINT as *ignored*, and Python then never turns Ctrl-C into
+    KeyboardInterrupt (the run would just finish, as a user's background job rightly does).
+    """
     proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if images.is_dir() and len(os.listdir(images)) >= at_least:
