@@ -137,6 +137,11 @@ def main() -> int:
           f"{ours / max(best['cold', False], best['cold', True]):.2f} vs cold, "
           f"{ours / max(best['warm', False], best['warm', True]):.2f} vs warm (goal >= 0.8); "
           f"load average now {os.getloadavg()[0]:.1f}")
+    import resource
+
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (every run above, {args.repeats * 4} generators with one "
+          f"session per label each): {peak_mib:.0f} MiB")
     pure_cpu, ours_cpu = CPU["pure-False"], CPU["augment-False"]
     print(f"CPU time per image (spinning off, cold, load-independent): pure onnxruntime "
           f"{pure_cpu * 1e3:.1f} ms, augment {ours_cpu * 1e3:.1f} ms; ratio "

@@ -59,6 +59,29 @@ def session_options(threads: int | None = None, spinning: bool = True) -> Any:
     return opts
 
 
+_SHARED_CPU_ARENA: list[bool] = []
+
+
+def _shared_cpu_arena() -> bool:
+    """Register (once per process) one CPU arena that every per-label session allocates from.
+
+    Without it each class-specialized session keeps its own activation arena: 7 sessions of the
+    default generator at batch 64 held 3.7 GB (against 0.57 GB for one session) and ran their
+    first passes 2-3x slower while touching that memory; sharing keeps it at ~0.45 GB.
+    """
+    if not _SHARED_CPU_ARENA:
+        import onnxruntime as ort
+
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                     ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _SHARED_CPU_ARENA.append(True)
+        except Exception:  # an older onnxruntime, or one registered by the host program
+            _SHARED_CPU_ARENA.append(False)
+    return _SHARED_CPU_ARENA[0]
+
+
 @contextlib.contextmanager
 def _quiet_ort() -> Any:
     """Silence onnxruntime's CUDA-load complaints (two error lines on CPU-only machines).
@@ -306,11 +329,15 @@ class OnnxGenerator:
         if special is None:
             return None
         threads, spinning, providers = self._session_args
+        options = session_options(threads, spinning)
+        if providers[0] == "CPUExecutionProvider" and _shared_cpu_arena():
+            # one arena for all label sessions (memory of one session, whatever the count)
+            options.add_session_config_entry("session.use_env_allocators", "1")
+            options.enable_mem_pattern = False
         try:
             with _quiet_ort():
                 session = ort.InferenceSession(special.SerializeToString(),
-                                               sess_options=session_options(threads, spinning),
-                                               providers=providers)
+                                               sess_options=options, providers=providers)
             check = np.random.default_rng(0).standard_normal(
                 (4, self.latent_dim)).astype(np.float32)
             (full,) = self.session.run([OUTPUT_NAME], {"z": check, name: np.repeat(label, 4, 0)})
