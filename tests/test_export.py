@@ -23,6 +23,12 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The first output of an in-memory model on onnxruntime's CPU provider."""
+    return ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
 def _io(path: Path) -> tuple[dict[str, tuple[str, list]], dict[str, tuple[str, list]]]:
     sess = _session(path)
     ins = {i.name: (i.type, list(i.shape)) for i in sess.get_inputs()}
@@ -81,11 +87,9 @@ def test_graph_cleanup_is_exact_and_removes_transposes() -> None:
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((2, 3, 4, 5)).astype(np.float32),
              "g": rng.standard_normal((2, 1, 1, 3)).astype(np.float32)}
-    before = ort.InferenceSession(model.SerializeToString(),
-                                  providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    before = _run(model, feeds)
     stats = optimize_graph(model)
-    after = ort.InferenceSession(model.SerializeToString(),
-                                 providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    after = _run(model, feeds)
     ops = Counter(n.op_type for n in model.graph.node)
     assert stats["transpose_pairs"] == 1 and stats["resize"] == 1
     # Left: the final NHWC output transpose (C=3 is not a size-1 axis); the [N,1,1,C] scale's own
@@ -115,12 +119,10 @@ def test_pointwise_conv_moves_before_upsample() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     feeds = {"x": rng.standard_normal((2, 4, 3, 3)).astype(np.float32)}
-    before = ort.InferenceSession(model.SerializeToString(),
-                                  providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    before = _run(model, feeds)
     assert optimize_graph(model)["pointwise_before_upsample"] == 1
     assert [n.op_type for n in model.graph.node] == ["Conv", "Resize"]
-    after = ort.InferenceSession(model.SerializeToString(),
-                                 providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    after = _run(model, feeds)
     np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
 
 
@@ -142,12 +144,10 @@ def test_single_output_conv_split_by_rows(kernel: int, pads: list[int]) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     feeds = {"x": rng.standard_normal((2, 5, 7, 6)).astype(np.float32)}
-    before = ort.InferenceSession(model.SerializeToString(),
-                                  providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    before = _run(model, feeds)
     assert optimize_graph(model)["split_single_output_convs"] == 1
     assert [n.op_type for n in model.graph.node] == ["Conv", "Conv", "Tanh"]
-    after = ort.InferenceSession(model.SerializeToString(),
-                                 providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    after = _run(model, feeds)
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
 
 
@@ -162,8 +162,7 @@ def test_float16_keeps_float32_interface_and_runs() -> None:
     rng = np.random.default_rng(1)
     feeds = {"x": rng.standard_normal((3, 3, 4, 5)).astype(np.float32),
              "g": rng.standard_normal((3, 1, 1, 3)).astype(np.float32)}
-    ref = ort.InferenceSession(model.SerializeToString(),
-                               providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    ref = _run(model, feeds)
     got = ort.InferenceSession(half.SerializeToString(),
                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert got.dtype == np.float32

@@ -289,7 +289,7 @@ class OnnxGenerator:
 
     def _generate_by_label(self, z: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Each distinct label's rows through that label's session (full graph as fallback)."""
-        name = "label" if self.label_mode == "index" else "labels"
+        name = INPUTS_BY_MODE[self.label_mode][1]
         rows = feeds[name]
         uniques, inverse = np.unique(rows, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
@@ -321,7 +321,7 @@ class OnnxGenerator:
 
         from .specialize import specialize_for_label
 
-        name = "label" if self.label_mode == "index" else "labels"
+        name = INPUTS_BY_MODE[self.label_mode][1]
         label = value.reshape(1, *value.shape).astype(np.int64 if name == "label" else np.float32)
         if self._proto is None:
             self._proto = onnx.load(str(self.path))

@@ -220,9 +220,10 @@ def affine_chains_to_batchnorm(model: Any) -> int:
     taken: set[int] = set()
     chains: list[tuple[list[Any], str, np.ndarray, np.ndarray]] = []
     for node in graph.node:
-        if id(node) in taken or _per_channel(node, initializers) is None:
+        head = None if id(node) in taken else _per_channel(node, initializers)
+        if head is None:
             continue
-        source, first = _per_channel(node, initializers)  # type: ignore[misc]
+        source, first = head
         scale, shift = np.ones(first.size), np.zeros(first.size)
         chain: list[Any] = []
         current = node
