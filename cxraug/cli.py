@@ -162,7 +162,7 @@ def train(
 def sample(
     run: Annotated[Path, typer.Option(help="Run folder.")],
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("grid.png"),
-    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint (default: latest).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint: best, latest, a name or an epoch (default: best where the run measured realism, else latest).")] = None,
     columns: Annotated[int, typer.Option(help="Latent vectors per class row.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the latent vectors.")] = 0,
 ) -> None:
@@ -190,7 +190,7 @@ def recipes() -> None:
 def export_onnx(
     run: Annotated[Path, typer.Option(help="Run folder.")],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
-    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint (default: latest).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint: best, latest, a name or an epoch (default: best where the run measured realism, else latest).")] = None,
     fp16: Annotated[bool, typer.Option(help="Also write a float16 copy for GPUs.")] = False,
 ) -> None:
     """Export a run's generator to ONNX, checked against Keras."""
@@ -272,12 +272,15 @@ def evaluate(
     n_per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 200,
     run: Annotated[Path | None, typer.Option(help="Run folder, for training curves.")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    min_heldout: Annotated[int, typer.Option(help="Held-out images a class needs before FID/KID/precision/recall are computed for it.")] = 50,
 ) -> None:
     """Measure realism, label fidelity, diversity, copying."""
     from .evaluation.report import evaluate as run_evaluate
 
+    if min_heldout < 2:
+        raise CxrError(f"--min-heldout {min_heldout}: use at least 2 (50 or more for numbers that mean something)")
     result = run_evaluate(model=model, data=data, out=out, classifier=classifier, split=split,
-                          n_per_class=n_per_class, run=run, seed=seed)
+                          n_per_class=n_per_class, run=run, seed=seed, min_heldout=min_heldout)
     typer.echo(result.summary())
 
 

@@ -58,6 +58,18 @@ def _from_split(real: dict[str, np.ndarray], split: str):  # noqa: ANN202
     return generate
 
 
+def _one_image_per_class(real: dict[str, np.ndarray]):  # noqa: ANN202
+    """A collapsed "generator": one held-out image per class, whatever z."""
+    pool = real["val"]
+
+    def generate(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        firsts = {lab: real["images"][pool[real["labels"][pool] == lab][0]]
+                  for lab in np.unique(labels)}
+        return _unit(np.stack([firsts[lab] for lab in labels]))
+
+    return generate
+
+
 def _label_blind_noise(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Smooth noise that depends on z only: ignores the label entirely."""
     out = []
@@ -154,12 +166,14 @@ def reports(phantom_cache: Path, classifier_dir: Path, real: dict,
         "epoch,step,d_acc_fake,d_acc_real,d_loss,g_loss,wall_s,img_per_s\n"
         "1,10,0.9,0.8,0.5,2.0,1,100\n2,20,0.85,0.8,0.45,1.8,2,100\n3,30,0.8,0.75,0.4,1.7,3,100\n")
     gens = {"heldout": _from_split(real, "val"), "train": _from_split(real, "train"),
-            "noise": _label_blind_noise}
+            "noise": _label_blind_noise, "collapse": _one_image_per_class(real)}
     out = {}
     for name, gen in gens.items():
+        # the phantom val split has ~9 images a class: FID/KID are computed anyway (min_heldout
+        # 5) to test their ordering, except for "collapse", which keeps the default
         res = evaluate(gen, phantom_cache, base / name, classifier=classifier_dir, split="val",
                        n_per_class=N_PER_CLASS, run=run if name == "heldout" else None,
-                       progress=False)
+                       progress=False, **({} if name == "collapse" else {"min_heldout": 5}))
         out[name] = {"report": res.report, "out": base / name, "summary": res.summary()}
     return out
 
@@ -229,6 +243,57 @@ def test_report_files_and_documented_keys(reports: dict) -> None:
     assert "Training curves" in page and "Memorization" in page
     assert (out / "nearest_pairs.png").read_bytes()[:4] == b"\x89PNG"
     assert "macro mean" in reports["heldout"]["summary"]
+
+
+@pytest.mark.slow
+def test_collapse_and_unrealistic_images_are_flagged_and_small_classes_not_scored(
+        reports: dict) -> None:
+    collapse, held = reports["collapse"]["report"], reports["heldout"]["report"]
+    flags = " ".join(collapse["flags"])
+    # seven distinct images still differ between classes; within each class nothing varies
+    assert "collapse within classes" in flags
+    assert all(c["diversity"]["pixel_ratio"] < 0.05 for c in collapse["classes"].values())
+    assert collapse["overall"]["two_sample"]["accuracy"] > 0.9 and "not realistic yet" in flags
+    # images of real patients pass both tests
+    assert held["overall"]["pixel_diversity_ratio"] > 0.85
+    assert held["overall"]["two_sample"]["accuracy"] < 0.7
+    assert abs(held["overall"]["two_sample_real"]["accuracy"] - 0.5) < 0.2
+    # (its images repeat within a class: ~9 held-out images per class serve 16 requests, so a
+    # within-class collapse warning there is right; the overall one and realism must not fire)
+    assert not any(f.startswith(("collapse:", "not realistic")) for f in held["flags"])
+    # with the default minimum (50), no class of the phantom val split is scored by FID/KID
+    for cls in collapse["classes"].values():
+        n = cls["n_real_heldout"]
+        assert n < 50 and cls["realism"]["fid"] is None and cls["realism"]["kid_mean"] is None
+        assert cls["realism"]["note"] == f"too few held-out images (n={n})"
+        if n < 20:  # the two-sample test needs fewer images than FID/KID: 20 a side
+            assert cls["two_sample"]["note"] == f"too few held-out images (n={n})"
+        else:
+            assert cls["two_sample"]["synthetic"]["n_per_side"] == n
+    assert collapse["overall"]["fid"] is None
+    assert "too few held-out images (n=" in reports["collapse"]["summary"]
+    assert "too few held-out images (n=" in (reports["collapse"]["out"] / "report.html").read_text()
+
+
+def test_a_class_with_two_heldout_images_gets_too_few_not_fid(
+        phantom_dir: Path, classifier_dir: Path, tmp_path: Path) -> None:
+    """The issue's case: 2 held-out images of a class print "too few", not a FID or KID."""
+    from cxraug.data.cache import prepare
+
+    cache = tmp_path / "few.h5"
+    prepare(data_root=phantom_dir, csv=phantom_dir / "Data_Entry_2017.csv", out=cache, size=32,
+            top_k=6, multi_label="drop", val_fraction=0.03, test_fraction=0.1, seed=0,
+            workers=1, progress=False)
+    res = evaluate(_label_blind_noise, cache, tmp_path / "r", classifier=classifier_dir,
+                   n_per_class=8, progress=False)
+    counts = {name: c["n_real_heldout"] for name, c in res.report["classes"].items()}
+    two = [name for name, n in counts.items() if n == 2]
+    assert two, counts
+    for name in two:
+        cls = res.report["classes"][name]
+        assert cls["realism"]["fid"] is None and cls["baseline"]["kid_mean"] is None
+        assert cls["realism"]["note"] == "too few held-out images (n=2)"
+    assert "too few held-out images (n=2)" in res.summary()
 
 
 def test_evaluate_rejects_bad_options(phantom_cache: Path, tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ def _weights(run_dir: Path, checkpoint: str | None = None) -> dict[str, list[np.
 
     entry = resolve_checkpoint(run_dir, checkpoint)
     reader = tf.train.load_checkpoint(checkpoint_prefix(run_dir, entry))
-    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "epoch_wall")  # wall time differs
+    # wall-clock times differ between runs
+    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "epoch_wall", "run_seconds")
     names = sorted(n for n in reader.get_variable_to_shape_map() if not n.startswith(skip))
     return {n: reader.get_tensor(n) for n in names}
 
@@ -235,8 +236,10 @@ def test_run_folder_tells_the_story(smoke_run: Path) -> None:
     assert recipe.train.epochs == 3 and recipe.name == "smoke-32"
     with open(smoke_run / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["epoch", "step", "d_acc_fake", "d_acc_real", "d_loss", "g_loss",
-                             "wall_s", "img_per_s"]
+    assert list(rows[0]) == ["epoch", "step", "kimg", "d_acc_fake", "d_acc_real", "d_loss",
+                             "g_loss", "r_t", "aug_p", "wall_s", "img_per_s", "c2st_val",
+                             "near_copy", "diversity"]
+    assert rows[0]["c2st_val"] == ""  # realism is measured only with train.eval_every
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(0 <= float(r["d_acc_real"]) <= 1 and float(r["img_per_s"]) > 0 for r in rows)
     grids = sorted((smoke_run / "samples").glob("epoch_*.png"))
@@ -392,3 +395,151 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(
     assert [e["step"] for e in read_checkpoint_index(out)] == [3]
     weights = _weights(out)
     assert all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
+
+
+# ------------------------------------------------------- budgets, realism tracking, EMA, ADA
+def _budget_recipe(**train: object):
+    return load_recipe("smoke-32", overrides={"train.checkpoint_every": 1, "train.eval_every": 1,
+                                              "train.eval_images": 64,
+                                              **{f"train.{k}": v for k, v in train.items()}})
+
+
+@pytest.mark.slow
+def test_kimg_budget_stops_where_it_should_and_resumes_exactly(
+        phantom_cache: Path, tmp_path: Path) -> None:
+    """0.4 kimg at batch 32 is 13 steps: one 7-step epoch and 6 steps into the second. A run cut
+    at step 4 and resumed ends on the same weights, metrics and best checkpoint."""
+    from cxraug.training.loop import train
+    from cxraug.training.run import read_checkpoint_index, resolve_checkpoint
+
+    straight = train(_budget_recipe(kimg=0.4), data=phantom_cache, out=tmp_path / "a",
+                     progress=False)
+    assert straight.status == "finished" and straight.step == 13 == straight.end_step
+    rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv", newline="")))
+    assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(1, 7), (2, 13)]
+    assert float(rows[-1]["kimg"]) == pytest.approx(13 * 32 / 1000)
+    assert all(0 <= float(r["c2st_val"]) <= 1 and r["near_copy"] != "" for r in rows)
+    best = [e for e in read_checkpoint_index(tmp_path / "a") if e["reason"] == "best"]
+    assert len(best) == 1 and resolve_checkpoint(tmp_path / "a")["name"] == best[0]["name"]
+    assert resolve_checkpoint(tmp_path / "a", "latest")["name"] == "ckpt-13"
+
+    cut = train(_budget_recipe(kimg=0.4), data=phantom_cache, out=tmp_path / "b",
+                progress=False, max_steps=4)
+    assert cut.status == "stopped" and cut.step == 4
+    done = train(_budget_recipe(kimg=0.4), data=phantom_cache, out=tmp_path / "b", resume=True,
+                 progress=False)
+    assert done.status == "finished" and done.step == 13
+    assert _max_diff(_weights(tmp_path / "a", "latest"), _weights(tmp_path / "b", "latest")) < 1e-5
+    again = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv", newline="")))
+    for key in ("d_loss", "g_loss", "c2st_val", "near_copy"):
+        assert [float(r[key]) for r in again] == pytest.approx([float(r[key]) for r in rows],
+                                                                abs=1e-5)
+    assert resolve_checkpoint(tmp_path / "b")["name"] == best[0]["name"]
+    # a larger budget continues the same run (the budget may change on --resume)
+    more = train(_budget_recipe(kimg=0.5), data=phantom_cache, out=tmp_path / "b", resume=True,
+                 progress=False)
+    assert more.status == "finished" and more.step == 16
+
+
+@pytest.mark.slow
+def test_time_budget_is_summed_over_sessions(phantom_cache: Path, tmp_path: Path) -> None:
+    from cxraug.training.loop import train
+
+    recipe = load_recipe("smoke-32", overrides={"train.minutes": 1e-4})  # 6 ms: one step
+    first = train(recipe, data=phantom_cache, out=tmp_path / "t", progress=False)
+    assert first.status == "finished" and first.step == 1
+    info = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert info["run_seconds"] >= 0.006
+    assert "time budget" in (tmp_path / "t" / "log.txt").read_text()
+    again = train(recipe, data=phantom_cache, out=tmp_path / "t", resume=True, progress=False)
+    assert again.status == "finished" and again.step == 1  # the budget was already spent
+
+
+def test_ema_generator_statistics_belong_to_its_weights(smoke_run: Path) -> None:
+    """The sampled/exported EMA generator in inference mode behaves like the same weights with
+    their own batch statistics (BigGAN's standing statistics); the live generator's statistics,
+    which older versions copied into it, do not fit it."""
+    import keras
+    import tensorflow as tf
+
+    from cxraug import models
+    from cxraug.training.run import checkpoint_prefix, load_generator, resolve_checkpoint
+
+    loaded = load_generator(smoke_run, "latest")
+    ema = loaded.model
+    live = models.build_generator(loaded.recipe.model, len(loaded.class_names))
+    prefix = checkpoint_prefix(smoke_run, resolve_checkpoint(smoke_run, "latest"))
+    tf.train.Checkpoint(generator=live).restore(prefix).expect_partial()
+
+    def bns(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+        return [layer for layer in model._flatten_layers()
+                if isinstance(layer, keras.layers.BatchNormalization)]
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((512, loaded.recipe.model.latent_dim)).astype(np.float32)
+    inputs = {"z": z, "label": rng.integers(0, 7, 512).astype(np.int32)}
+    batch_stats = np.asarray(ema(inputs, training=True))
+    own = np.abs(np.asarray(ema(inputs, training=False)) - batch_stats).mean()
+    for bn, donor in zip(bns(ema), bns(live), strict=True):
+        assert not np.allclose(bn.moving_mean.numpy(), donor.moving_mean.numpy())
+        bn.moving_mean.assign(donor.moving_mean)
+        bn.moving_variance.assign(donor.moving_variance)
+    copied = np.abs(np.asarray(ema(inputs, training=False)) - batch_stats).mean()
+    assert own < 0.5 * copied, (own, copied)
+
+
+def test_ada_moves_p_toward_the_overfitting_target() -> None:
+    import tensorflow as tf
+
+    from cxraug.training.loop import ADA_INTERVAL, GANTrainer
+
+    trainer = GANTrainer(_tiny("cxraug", diffaugment="translation", ada_target=0.6,
+                               ada_kimg=1.0), num_classes=7)
+    rate = 8 * ADA_INTERVAL / 1000.0  # batch 8, p from 0 to 1 in 1 kimg
+    assert float(trainer.aug_p.numpy()) == 0.0
+
+    def steps(r_t: float, n: int) -> None:
+        for _ in range(n):
+            trainer._update_ada(tf.constant(r_t))
+            trainer.step.assign_add(1)
+
+    steps(1.0, 2 * ADA_INTERVAL)  # D sure of every real: overfitting, raise p twice
+    assert float(trainer.aug_p.numpy()) == pytest.approx(2 * rate)
+    steps(0.0, ADA_INTERVAL - 1)  # no change before the interval ends
+    assert float(trainer.aug_p.numpy()) == pytest.approx(2 * rate)
+    steps(0.0, 1 + 3 * ADA_INTERVAL)  # below target: lower p, never below 0
+    assert float(trainer.aug_p.numpy()) == 0.0
+
+
+def test_diff_augment_with_probability_zero_is_the_identity() -> None:
+    import tensorflow as tf
+
+    from cxraug.training.loop import diff_augment
+
+    rng = tf.random.Generator.from_seed(0)
+    x = tf.random.uniform([6, 16, 16, 1], -1, 1, seed=3)
+    policies = ["translation", "cutout", "brightness", "contrast"]
+    assert np.array_equal(diff_augment(x, policies, rng, tf.constant(0.0)).numpy(), x.numpy())
+    changed = diff_augment(x, policies, rng, tf.constant(1.0)).numpy()
+    assert all(not np.allclose(changed[i], x.numpy()[i]) for i in range(6))
+
+
+def test_minibatch_std_never_mixes_reals_and_fakes() -> None:
+    from cxraug.models.layers import MinibatchStdDev
+
+    rng = np.random.default_rng(0)
+    same = np.repeat(rng.normal(size=(1, 4, 4, 3)), 4, axis=0)
+    varied = rng.normal(size=(4, 4, 4, 3))
+    out = np.asarray(MinibatchStdDev(4)(np.concatenate([same, varied]).astype(np.float32)))
+    assert out.shape == (8, 4, 4, 4)
+    assert np.allclose(out[:4, ..., 3], 0, atol=1e-3)  # a group of identical images: no spread
+    assert np.all(out[4:, ..., 3] > 0.5)
+
+
+def test_new_training_options_are_validated() -> None:
+    with pytest.raises(CxrError, match="ada_target needs train.diffaugment"):
+        load_recipe("smoke-32", overrides={"train.ada_target": 0.6, "train.diffaugment": ""})
+    with pytest.raises(CxrError, match="multiple of 4"):
+        load_recipe("smoke-32", overrides={"model.minibatch_std": True, "train.batch_size": 30})
+    with pytest.raises(CxrError, match="train.kimg must be 0"):
+        load_recipe("smoke-32", overrides={"train.kimg": -1})

@@ -37,6 +37,10 @@ from .classifier import (
 )
 
 _TRUE = {"1", "true", "yes", "y", "t"}
+#: Test images of a class needed before its AUROC is more than noise.
+MIN_TEST_POSITIVES = 10
+#: Bootstrap resamples of the test patients for the interval of the macro difference.
+BOOTSTRAP = 1000
 
 
 def _truthy(value: Any) -> bool:
@@ -145,7 +149,16 @@ class DownstreamResult:
             lines.append(f"{name[:20]:20s} {pm(c['real']):>17s} {pm(c['real_plus_synthetic']):>17s}"
                          f" {'n/a' if diff is None else f'{diff:+.3f}':>7s} "
                          f"{pm(c['paired_difference']):>17s}")
-        lines.append("positive differences: the synthetic images helped on real test patients")
+        v = r["verdict"]
+        lines.append(f"macro AUROC difference (real+synthetic - real): {v['difference']:+.3f}, "
+                     f"95% interval {v['low']:+.3f} to {v['high']:+.3f} (bootstrap over "
+                     f"{v['n_patients']} test patients, mean of {r['seeds']} seeds)")
+        lines.append(f"verdict: {v['text']}")
+        few = [f"{name} ({c['n_test_positive']})" for name, c in r["classes"].items()
+               if c.get("note")]
+        if few:
+            lines.append(f"per-class AUROCs of classes with fewer than {MIN_TEST_POSITIVES} test "
+                         f"positives are noise: {', '.join(few)}")
         if self.out is not None:
             lines.append(f"wrote {self.out}")
         return "\n".join(lines)
@@ -168,6 +181,7 @@ def downstream(data: str | os.PathLike, synthetic: str | os.PathLike,
         x_train, train_idx = read_split(reader, "train")
         x_val, val_idx = read_split(reader, "val")
         x_test, test_idx = read_split(reader, "test")
+        test_patients = np.asarray(reader.patient_ids)[test_idx]
         heldout_names = set(np.asarray(reader.image_index)[np.concatenate([val_idx, test_idx])]
                             .astype(str).tolist())
         fingerprint = str(reader.fingerprint)
@@ -191,12 +205,15 @@ def downstream(data: str | os.PathLike, synthetic: str | os.PathLike,
 
     arms = {"real": (x_train, y_train), "real_plus_synthetic": (x_mix, y_mix)}
     aucs: dict[str, np.ndarray] = {arm: np.full((seeds, len(class_names)), np.nan) for arm in arms}
+    probs: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
     runs: list[dict[str, Any]] = []
     for s in range(seeds):
         for arm, (x, y) in arms.items():
             fit = fit_classifier(x, y, x_val, y_val, epochs=epochs, seed=s, progress=progress,
                                  desc=f"{arm} seed {s}")
-            test_auc = per_class_auroc(y_test, predict_probs(fit.model, x_test))
+            test_probs = predict_probs(fit.model, x_test)
+            probs[arm].append(test_probs)
+            test_auc = per_class_auroc(y_test, test_probs)
             aucs[arm][s] = [np.nan if v is None else v for v in test_auc]
             runs.append({"seed": s, "arm": arm, "best_epoch": fit.best_epoch,
                          "val_auroc": dict(zip(class_names, fit.val_auroc, strict=True)),
@@ -214,6 +231,8 @@ def downstream(data: str | os.PathLike, synthetic: str | os.PathLike,
         entry["n_test_positive"] = int(y_test[:, c].sum())
         entry["n_synthetic"] = int(y_syn[:, c].sum())
         entry["n_real_train"] = int(y_train[:, c].sum())
+        entry["note"] = (f"too few test positives (n={entry['n_test_positive']})"
+                         if entry["n_test_positive"] < MIN_TEST_POSITIVES else None)
         per_class[name] = entry
     with np.errstate(all="ignore"):
         macro_real = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan
@@ -228,6 +247,8 @@ def downstream(data: str | os.PathLike, synthetic: str | os.PathLike,
         "n_synthetic": int(len(x_syn)), "n_val": int(len(x_val)), "n_test": int(len(x_test)),
         "synthetic_skipped": skipped, "metric": "per-class AUROC on the real test split",
         "classes": per_class, "macro": block(macro_real, macro_mix), "runs": runs,
+        "verdict": verdict(y_test, np.mean(probs["real"], axis=0),
+                           np.mean(probs["real_plus_synthetic"], axis=0), test_patients),
         "seconds": time.time() - started,
         "mean_test_auroc_real": mean_of(list(np.nanmean(aucs["real"], axis=0)))
         if np.isfinite(aucs["real"]).any() else None,
@@ -238,6 +259,40 @@ def downstream(data: str | os.PathLike, synthetic: str | os.PathLike,
         target = Path(out) / "downstream.json"
         write_json_atomic(target, result)
     return DownstreamResult(out=target, result=result)
+
+
+def _macro_auroc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.nanmean([np.nan if v is None else v for v in per_class_auroc(y, p)]))
+
+
+def verdict(y_test: np.ndarray, real: np.ndarray, mixed: np.ndarray, patients: np.ndarray,
+            resamples: int = BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+    """Macro-AUROC difference of the two arms (their probabilities averaged over seeds) with a
+    95% percentile interval from resampling test *patients* with replacement, and the verdict
+    those numbers support: helped (interval above 0), hurt (below 0) or cannot tell."""
+    rng = np.random.default_rng(seed)
+    ids, rows = np.unique(patients, return_inverse=True)
+    members = [np.flatnonzero(rows == i) for i in range(len(ids))]
+    with np.errstate(all="ignore"):
+        diff = _macro_auroc(y_test, mixed) - _macro_auroc(y_test, real)
+        boots = []
+        for _ in range(resamples):
+            pick = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
+            boots.append(_macro_auroc(y_test[pick], mixed[pick])
+                         - _macro_auroc(y_test[pick], real[pick]))
+    boots = np.asarray(boots)
+    boots = boots[np.isfinite(boots)]
+    low, high = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))) \
+        if len(boots) else (float("nan"), float("nan"))
+    if low > 0:
+        text = "helped: real+synthetic beat real alone on the test patients"
+    elif high < 0:
+        text = "hurt: real+synthetic did worse than real alone on the test patients"
+    else:
+        text = (f"cannot tell at this n ({len(ids)} test patients): the interval includes 0; "
+                "use a larger test split or more seeds")
+    return {"difference": diff, "low": low, "high": high, "n_patients": int(len(ids)),
+            "resamples": int(len(boots)), "text": text}
 
 
 def _json_safe(obj: Any) -> Any:

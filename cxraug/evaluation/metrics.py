@@ -394,19 +394,26 @@ class SetComparison:
     kid_std: float | None
     precision: float | None
     recall: float | None
+    note: str | None = None
 
-    def to_dict(self) -> dict[str, float | int | None]:
+    def to_dict(self) -> dict[str, float | int | str | None]:
         return dict(self.__dict__)
 
 
 def compare_sets(features: np.ndarray, reference: np.ndarray, k: int = 3, seed: int = 0,
-                 kid_subsets: int = 100, kid_subset_size: int = 1000) -> SetComparison:
+                 kid_subsets: int = 100, kid_subset_size: int = 1000,
+                 min_reference: int = 0) -> SetComparison:
     """All set-level metrics of ``features`` against ``reference``; ``None`` where N is too small.
 
     Precision is measured with ``reference`` as the real manifold and ``features`` as the fake one.
+    With fewer than ``min_reference`` reference rows nothing is computed: the numbers would be
+    noise, and ``note`` says so.
     """
     n_a, n_b = len(features), len(reference)
     f = k_mean = k_std = p = r = None
+    if n_b < min_reference:
+        return SetComparison(n_a, n_b, f, k_mean, k_std, p, r,
+                             note=f"too few held-out images (n={n_b})")
     if n_a >= 2 and n_b >= 2:
         f = fid(features, reference)
         k_mean, k_std = kid(features, reference, kid_subsets, kid_subset_size, seed)

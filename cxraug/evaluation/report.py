@@ -42,6 +42,7 @@ from ..errors import CxrError
 from ..grid import to_uint8
 from ..io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 from . import metrics as M
+from . import realism as R
 from .classifier import (
     CLASSIFIER_JSON,
     ClassifierFeatures,
@@ -55,6 +56,17 @@ NEAR_COPY_PERCENTILE = 1.0
 SWAP_Z = 16
 #: Pairs per set for mean pairwise MS-SSIM.
 MS_SSIM_PAIRS = 300
+#: Held-out real images a class needs before FID, KID and precision/recall are computed for it:
+#: below this they are noise (KID comes out negative, FID is dominated by its small-N bias).
+MIN_FEATURE_HELDOUT = 50
+#: Held-out real images a class needs before its label accuracy is compared with synthetic.
+MIN_LABEL_HELDOUT = 10
+#: Repeats of the two-sample test on fresh synthetic images (the reported accuracy is the mean).
+TWO_SAMPLE_REPEATS = 5
+#: Warning thresholds: two-sample accuracy, pixel diversity ratio, caricature margin.
+SEPARABLE_ACCURACY = 0.75
+COLLAPSE_DIVERSITY = 0.8
+CARICATURE_MARGIN = 0.25
 
 Generator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -112,11 +124,12 @@ class _Gen:
         self.cache_size = cache_size
 
     def __call__(self, z: np.ndarray, labels: np.ndarray, batch: int = 256) -> np.ndarray:
-        """uint8 ``[N, S, S]`` at the cache's size for latents ``z`` and class indices."""
+        """uint8 ``[N, S, S]`` at the cache's size for latents ``z`` and class indices (or
+        multi-hot rows ``[N, C]`` for a multi-hot generator)."""
         outs = []
         for s in range(0, len(z), batch):
             lab = labels[s:s + batch]
-            if self.label_mode == "multi-hot":
+            if self.label_mode == "multi-hot" and lab.ndim == 1:
                 lab = np.eye(len(self.class_names), dtype=np.float32)[lab]
             img = np.asarray(self.fn(z[s:s + batch].astype(np.float32), lab))
             if img.ndim == 4 and img.shape[-1] == 1:
@@ -360,24 +373,48 @@ class EvaluateResult:
 
         lines = [f"report: {self.out / 'report.html'} (numbers in {self.out / 'report.json'})",
                  f"{len(r['classes'])} classes, {r['n_per_class']} synthetic images per class, "
-                 f"held-out real split '{r['split']}'",
-                 f"{'class':20s} {'FID syn/base':>14s} {'KID syn/base':>16s} {'acc syn/real':>13s}"
-                 f" {'P/R':>10s} {'MS-SSIM s/r':>12s} {'copies':>7s}"]
-        for name, c in r["classes"].items():
-            real, base, lab = c["realism"], c["baseline"], c["label_fidelity"]
+                 f"held-out real split '{r['split']}'"]
+        test, real = o.get("two_sample"), o.get("two_sample_real")
+        if test:
             lines.append(
-                f"{name[:20]:20s} {f(real['fid'], '.3g'):>6s}/{f(base['fid'], '.3g'):<7s}"
-                f" {f(real['kid_mean'], '.2g'):>7s}/{f(base['kid_mean'], '.2g'):<8s}"
+                f"realism: a classifier tells synthetic from held-out real images "
+                f"{test['accuracy']:.2f} of the time (95% CI {test['low']:.2f}-{test['high']:.2f},"
+                f" n={test['n_per_side']} a side; 0.50 = indistinguishable); two sets of real "
+                f"patients: {f(real and real['accuracy'], '.2f')}")
+            lines.append(f"diversity: synthetic images vary {o['pixel_diversity_ratio']:.2f}x as "
+                         "much as held-out real ones (1.00 = as varied)")
+        else:
+            lines.append(f"realism two-sample test: {o.get('two_sample_note')}")
+        lines.append(f"{'class':20s} {'FID syn/base':>14s} {'KID syn/base':>16s} "
+                     f"{'acc syn/real':>13s} {'P/R':>10s} {'MS-SSIM s/r':>12s} {'copies':>7s}")
+
+        def feature_cols(real: dict[str, Any], base: dict[str, Any]) -> tuple[str, str, str]:
+            if real.get("note"):
+                return (f"{real['note']:>31s}", "", "")
+            return (f"{f(real['fid'], '.3g'):>6s}/{f(base['fid'], '.3g'):<7s}",
+                    f"{f(real['kid_mean'], '.2g'):>7s}/{f(base['kid_mean'], '.2g'):<8s}",
+                    f"{f(real['precision'], '.2f'):>4s}/{f(real['recall'], '.2f'):<5s}")
+
+        for name, c in r["classes"].items():
+            lab = c["label_fidelity"]
+            fid_s, kid_s, pr_s = feature_cols(c["realism"], c["baseline"])
+            pr_s = pr_s or f"{'':10s}"
+            lines.append(
+                f"{name[:20]:20s} {fid_s}{' ' + kid_s if kid_s else ''}"
                 f" {f(lab['synthetic_accuracy'], '.2f'):>6s}/{f(lab['real_accuracy'], '.2f'):<6s}"
-                f" {f(real['precision'], '.2f'):>4s}/{f(real['recall'], '.2f'):<5s}"
+                f" {pr_s}"
                 f" {f(c['diversity']['synthetic_ms_ssim'], '.2f'):>5s}/"
                 f"{f(c['diversity']['real_ms_ssim'], '.2f'):<6s}"
                 f" {c['memorization']['near_copies']:>7d}")
+        fid_s, kid_s, pr_s = feature_cols(
+            {"note": None if o["fid"] is not None else "too few held-out images per class",
+             "fid": o["fid"], "kid_mean": o["kid_mean"], "precision": o["precision"],
+             "recall": o["recall"]},
+            {"fid": o["baseline_fid"], "kid_mean": o["baseline_kid_mean"]})
         lines.append(
-            f"{'macro mean':20s} {f(o['fid'], '.3g'):>6s}/{f(o['baseline_fid'], '.3g'):<7s}"
-            f" {f(o['kid_mean'], '.2g'):>7s}/{f(o['baseline_kid_mean'], '.2g'):<8s}"
+            f"{'macro mean':20s} {fid_s}{' ' + kid_s if kid_s else ''}"
             f" {f(o['synthetic_accuracy'], '.2f'):>6s}/{f(o['real_accuracy'], '.2f'):<6s}"
-            f" {f(o['precision'], '.2f'):>4s}/{f(o['recall'], '.2f'):<5s}"
+            f" {pr_s or f'{chr(32) * 10}'}"
             f" {f(o['synthetic_ms_ssim'], '.2f'):>5s}/{f(o['real_ms_ssim'], '.2f'):<6s}"
             f" {o['near_copies']:>7d}")
         lines.append(f"label change with the same z (paper Fig. 9), relative to a new z: pixels "
@@ -392,8 +429,11 @@ class EvaluateResult:
 def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
              classifier: str | os.PathLike | None = None, split: str = "val",
              n_per_class: int = 200, run: str | os.PathLike | None = None, seed: int = 0,
-             progress: bool = True) -> EvaluateResult:
-    """Evaluate a generator against a cache's real images; write report.json and report.html."""
+             progress: bool = True, min_heldout: int = MIN_FEATURE_HELDOUT) -> EvaluateResult:
+    """Evaluate a generator against a cache's real images; write report.json and report.html.
+
+    ``min_heldout``: held-out images a class needs before FID, KID and precision/recall are
+    computed for it (below, the report says "too few held-out images (n=...)")."""
     started = time.time()
     data, out = Path(data), Path(out)
     if n_per_class < 4:
@@ -456,10 +496,10 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
                          for c in classes])  # [C, Z, H, W]
 
         # ---- real images
-        held_images = np.asarray(reader.read(held_idx))
+        held_all = np.asarray(reader.read(held_idx))
         held_labels = labels[held_idx]
         keep = np.isin(held_labels, [cache_idx[c] for c in classes])
-        held_images, held_labels, _held_rows = held_images[keep], held_labels[keep], held_idx[keep]
+        held_images, held_labels = held_all[keep], held_labels[keep]
         train_labels = labels[train_idx]
         train_subset: dict[str, np.ndarray] = {}  # positions into train_idx
         for name in classes:
@@ -511,8 +551,10 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
             sel = synth_class == ci
             hsel = held_labels == cache_idx[name]
             real_f = held_feat[hsel]
-            comp = M.compare_sets(syn_feat[sel], real_f, seed=seed)
-            base = M.compare_sets(train_feat[train_subset[name]], real_f, seed=seed)
+            comp = M.compare_sets(syn_feat[sel], real_f, seed=seed,
+                                  min_reference=min_heldout)
+            base = M.compare_sets(train_feat[train_subset[name]], real_f, seed=seed,
+                                  min_reference=min_heldout)
             lab: dict[str, Any] = {"synthetic_auroc": None, "synthetic_accuracy": None,
                                    "real_auroc": None, "real_accuracy": None,
                                    "n_real": int(hsel.sum()),
@@ -538,7 +580,12 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
                 "baseline": base.to_dict(),
                 "label_fidelity": lab,
                 "diversity": {"synthetic_ms_ssim": syn_ms, "real_ms_ssim": real_ms,
-                              "synthetic_pairs": syn_pairs, "real_pairs": real_pairs},
+                              "synthetic_pairs": syn_pairs, "real_pairs": real_pairs,
+                              "pixel_ratio": R.diversity_ratio(R.thumbnails(synth[name]),
+                                                               R.thumbnails(subset_images[name]))
+                              if len(subset_images[name]) > 1 else None},
+                "two_sample": _class_two_sample(synth[name], held_images[hsel],
+                                                subset_images[name], seed),
                 "memorization": {
                     "near_copies": int(near_copy[sel].sum()),
                     "near_copy_fraction": float(near_copy[sel].mean()),
@@ -555,8 +602,11 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
         # ---- overall: macro means of the per-class numbers, and pooled sets
         pooled_real = held_feat
         pooled_base = np.concatenate([train_feat[train_subset[c]] for c in classes])
-        pooled = M.compare_sets(syn_feat, pooled_real, seed=seed)
-        pooled_b = M.compare_sets(pooled_base, pooled_real, seed=seed)
+        pooled = M.compare_sets(syn_feat, pooled_real, seed=seed,
+                                min_reference=min_heldout)
+        pooled_b = M.compare_sets(pooled_base, pooled_real, seed=seed,
+                                  min_reference=min_heldout)
+        two_sample = _pooled_two_sample(gen, reader, rng, seed, held_idx, held_all, train_idx)
 
         def macro(section: str, key: str) -> float | None:
             return _mean([per_class[c][section].get(key) for c in classes])
@@ -582,6 +632,7 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
             "near_copy_fraction": float(near_copy.mean()),
             "feature_near_fraction": float(feat_close.mean()),
             "pooled": {"synthetic": pooled.to_dict(), "baseline": pooled_b.to_dict()},
+            **two_sample,
         }
         memo_ref = {
             "heldout_to_train_pixel_p01": pix_thresh, "heldout_to_train_pixel_median": pix_median,
@@ -620,6 +671,7 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
         "seconds": time.time() - started,
         "generator": gen.source, "data": str(data), "data_fingerprint": fingerprint,
         "classifier": classifier_desc, "split": split, "n_per_class": n_per_class, "seed": seed,
+        "min_heldout": min_heldout,
         "image_size": size, "classes": per_class, "overall": overall,
         "memorization_reference": memo_ref, "closest_pairs": closest, "flags": flags,
         "notes": notes,
@@ -634,6 +686,72 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
     write_text_atomic(out / "report.html", _html(report, charts, samples_png, real_png, swap_png,
                                                  pairs_png))
     return EvaluateResult(out=out, report=report)
+
+
+# ------------------------------------------------------------------- realism without features
+def _class_two_sample(synthetic: np.ndarray, heldout: np.ndarray, train: np.ndarray,
+                      seed: int) -> dict[str, Any]:
+    """Synthetic vs held-out real images of one class, beside real training vs held-out."""
+    if len(heldout) < R.MIN_TWO_SAMPLE:
+        return {"synthetic": None, "real_vs_real": None,
+                "note": f"too few held-out images (n={len(heldout)})"}
+    held_t = R.thumbnails(heldout)
+    syn_t = R.thumbnails(synthetic)
+    syn = R.mean_two_sample([R.two_sample_test(syn_t, held_t, seed=seed + r)
+                             for r in range(TWO_SAMPLE_REPEATS)])
+    real = (R.two_sample_test(R.thumbnails(train), held_t, seed=seed).to_dict()
+            if len(train) >= R.MIN_TWO_SAMPLE else None)
+    return {"synthetic": syn.to_dict(), "real_vs_real": real, "note": None}
+
+
+def _label_rows(gen: _Gen, reader: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The generator's label input for cache rows (class index, or multi-hot in the generator's
+    class order) and which rows it can express (all their findings among its classes)."""
+    cache_classes = list(reader.class_names)
+    if gen.label_mode == "multi-hot":
+        mh = np.asarray(reader.multi_hot)[rows].astype(np.float32)
+        out = np.zeros((len(rows), len(gen.class_names)), np.float32)
+        for gi, name in enumerate(gen.class_names):
+            if name in cache_classes:
+                out[:, gi] = mh[:, cache_classes.index(name)]
+        return out, np.isclose(out.sum(1), mh.sum(1))
+    labels = np.asarray(reader.labels)[rows]
+    index = np.array([gen.class_names.index(cache_classes[v])
+                      if v >= 0 and cache_classes[v] in gen.class_names else -1 for v in labels],
+                     dtype=np.int64)
+    if gen.label_mode == "none":
+        return np.zeros(len(rows), np.int64), labels >= 0
+    return index, index >= 0
+
+
+def _pooled_two_sample(gen: _Gen, reader: Any, rng: np.random.Generator, seed: int,
+                       held_idx: np.ndarray, held_all: np.ndarray,
+                       train_idx: np.ndarray) -> dict[str, Any]:
+    """The two-sample test over all held-out images the generator can label (multi-label ones
+    too for a multi-hot generator), each against a synthetic image drawn with its own label, so
+    the two sets have the same mix of findings; beside it the same test between as many random
+    real training images and the held-out ones (two sets of real patients), and the pixel
+    diversity of the synthetic images over that of the held-out ones."""
+    glabels, ok = _label_rows(gen, reader, held_idx)
+    n = int(ok.sum())
+    if n < R.MIN_TWO_SAMPLE:
+        return {"two_sample": None, "two_sample_real": None, "pixel_diversity_ratio": None,
+                "two_sample_note": f"too few held-out images (n={n})"}
+    held_t = R.thumbnails(held_all[ok])
+    tests, real_tests, syn_t = [], [], None
+    for r in range(TWO_SAMPLE_REPEATS):
+        z = rng.standard_normal((n, gen.latent_dim)).astype(np.float32)
+        syn = R.thumbnails(gen(z, glabels[ok]))
+        syn_t = syn if syn_t is None else syn_t
+        tests.append(R.two_sample_test(syn, held_t, seed=seed + r))
+        if len(train_idx) >= R.MIN_TWO_SAMPLE:
+            pick = np.sort(rng.choice(train_idx, min(n, len(train_idx)), replace=False))
+            real_tests.append(R.two_sample_test(R.thumbnails(reader.read(pick)), held_t,
+                                                seed=seed + r))
+    return {"two_sample": R.mean_two_sample(tests).to_dict(),
+            "two_sample_real": R.mean_two_sample(real_tests).to_dict() if real_tests else None,
+            "pixel_diversity_ratio": R.diversity_ratio(syn_t, held_t),
+            "two_sample_note": None}
 
 
 def _label_swap(swap: np.ndarray, swap_feat: np.ndarray, ci: int) -> dict[str, float | None]:
@@ -663,12 +781,43 @@ def _label_swap(swap: np.ndarray, swap_feat: np.ndarray, ci: int) -> dict[str, f
 def _flags(per_class: dict[str, Any], overall: dict[str, Any], judge: bool) -> list[str]:
     """Plain-language warnings a user should see before using the synthetic data."""
     flags = []
+    test, real = overall.get("two_sample"), overall.get("two_sample_real")
+    if test and test["accuracy"] > SEPARABLE_ACCURACY and (
+            real is None or test["low"] > real["high"]):
+        flags.append(f"not realistic yet: a simple classifier (logistic regression on 32x32 "
+                     f"pixels) tells synthetic from held-out real images {test['accuracy']:.0%} "
+                     f"of the time (95% CI {test['low']:.0%}-{test['high']:.0%}, "
+                     f"n={test['n_per_side']} a side)"
+                     + (f"; two sets of real patients: {real['accuracy']:.0%}" if real else ""))
+    div = overall.get("pixel_diversity_ratio")
+    if div is not None and div < COLLAPSE_DIVERSITY:
+        flags.append(f"collapse: synthetic images vary {div:.2f}x as much as held-out real ones "
+                     "(mean pixel distance between images); the generator repeats itself")
+    narrow = [f"{name} ({c['diversity']['pixel_ratio']:.2f})" for name, c in per_class.items()
+              if c["diversity"].get("pixel_ratio") is not None
+              and c["diversity"]["pixel_ratio"] < COLLAPSE_DIVERSITY]
+    if narrow:
+        flags.append("collapse within classes: synthetic images vary less than "
+                     f"{COLLAPSE_DIVERSITY}x as much as real training images of the class: "
+                     + ", ".join(narrow))
     for name, c in per_class.items():
         lab, memo = c["label_fidelity"], c["memorization"]
         sa, ra = lab.get("synthetic_accuracy"), lab.get("real_accuracy")
-        if judge and sa is not None and ra is not None and sa < 0.5 * ra:
+        judged = judge and sa is not None and ra is not None and \
+            c["n_real_heldout"] >= MIN_LABEL_HELDOUT
+        if judged and sa < 0.5 * ra:
             flags.append(f"{name}: the judge recognizes the requested class in {sa:.0%} of "
                          f"synthetic images vs {ra:.0%} of real ones: the label is not drawn")
+        if judged and sa >= ra + CARICATURE_MARGIN:
+            flags.append(f"{name}: the judge recognizes the class in {sa:.0%} of synthetic "
+                         f"images but only {ra:.0%} of real ones: the finding is likely "
+                         "exaggerated (a caricature, not a realistic case)")
+        pair = c.get("two_sample") or {}
+        syn = pair.get("synthetic")
+        if syn and syn["accuracy"] > SEPARABLE_ACCURACY and (
+                pair.get("real_vs_real") is None or syn["low"] > pair["real_vs_real"]["high"]):
+            flags.append(f"{name}: synthetic images told from held-out real ones "
+                         f"{syn['accuracy']:.0%} of the time (n={syn['n_per_side']} a side)")
         if memo["near_copy_fraction"] > 0.05:
             flags.append(f"{name}: {memo['near_copies']} synthetic images "
                          f"({memo['near_copy_fraction']:.0%}) are near-copies of training images")
@@ -745,10 +894,25 @@ def _html(report: dict[str, Any], charts: list[tuple[str, bytes]], samples: byte
     real_rows = [[c, v["n_synthetic"], v["n_real_heldout"], v["realism"]["fid"],
                   v["baseline"]["fid"], v["realism"]["kid_mean"], v["realism"]["kid_std"],
                   v["baseline"]["kid_mean"], v["realism"]["precision"], v["realism"]["recall"],
-                  v["baseline"]["precision"], v["baseline"]["recall"]] for c, v in per.items()]
+                  v["baseline"]["precision"], v["baseline"]["recall"],
+                  v["realism"].get("note") or ""] for c, v in per.items()]
     real_rows.append(["macro mean", "", "", o["fid"], o["baseline_fid"], o["kid_mean"], "",
                       o["baseline_kid_mean"], o["precision"], o["recall"],
-                      o["baseline_precision"], o["baseline_recall"]])
+                      o["baseline_precision"], o["baseline_recall"],
+                      f"classes with at least {report['min_heldout']} held-out images"])
+
+    def interval(t: dict[str, Any] | None) -> str:
+        return "n/a" if not t else f"{t['accuracy']:.3f} ({t['low']:.2f}-{t['high']:.2f})"
+
+    test, real_test = o.get("two_sample"), o.get("two_sample_real")
+    c2st_rows = [["all held-out images (label-matched)", test["n_per_side"] if test else "",
+                  interval(test), interval(real_test), o.get("pixel_diversity_ratio"),
+                  o.get("two_sample_note") or ""]]
+    for c, v in per.items():
+        pair = v["two_sample"]
+        c2st_rows.append([c, v["n_real_heldout"], interval(pair["synthetic"]),
+                          interval(pair["real_vs_real"]), v["diversity"].get("pixel_ratio"),
+                          pair.get("note") or ""])
     lab_rows = [[c, v["label_fidelity"]["judge_val_auroc"], v["label_fidelity"]["synthetic_auroc"],
                  v["label_fidelity"]["real_auroc"],
                  v["label_fidelity"]["synthetic_accuracy"], v["label_fidelity"]["real_accuracy"],
@@ -780,11 +944,21 @@ def _html(report: dict[str, Any], charts: list[tuple[str, bytes]], samples: byte
         f"<code>{fmt(report['classifier'])}</code>, seed {report['seed']}, created "
         f"{fmt(report['created'])}. How to read it: docs/EVALUATION.md.</p>",
         f"<h2>Warnings</h2><ul>{flags}</ul>", f"<ul>{notes}</ul>" if notes else "",
+        "<h2>Realism: can a classifier tell synthetic from real?</h2><p>A classifier two-sample "
+        "test: logistic regression on per-image standardized 32x32 pixels, 5-fold "
+        "cross-validated, equal numbers of synthetic and held-out real images (mean of "
+        f"{TWO_SAMPLE_REPEATS} synthetic draws; 95% interval). 0.5 = indistinguishable, 1.0 = "
+        "always told apart. Beside it the same test between real training images and the "
+        "held-out ones: two sets of real patients. Pixel diversity: mean distance between "
+        "synthetic images over that between real ones (1 = as varied; per class against real "
+        "training images of the class).</p>",
+        table(c2st_rows, ["set", "N held-out", "synthetic vs real", "real vs real",
+                          "pixel diversity", "note"]),
         "<h2>Realism (feature space)</h2><p>Synthetic vs held-out real images of each class; the "
         "baseline is as many real training images against the same held-out images: what a "
         "perfect generator would score at this N. FID is biased upwards at small N.</p>",
         table(real_rows, ["class", "N syn", "N real", "FID", "FID base", "KID", "KID std",
-                          "KID base", "precision", "recall", "P base", "R base"]),
+                          "KID base", "precision", "recall", "P base", "R base", "note"]),
         "<h2>Label fidelity</h2><p>The judge's AUROC and accuracy (its decision, the class with "
         "the highest probability / training prevalence, is the requested class) on synthetic vs "
         "held-out real images. Judge val AUROC: how well the judge recognizes the class in real "

@@ -15,11 +15,15 @@ halving the channels each block (never below 16), then ``BN -> ReLU -> Conv3x3 -
   ignore);
 * resize-then-convolve upsampling has no checkerboard artefacts and exports to one ONNX ``Resize``
   (``Conv2DTranspose`` does both badly), and the network is ~10x cheaper per image than the
-  paper's (0.41 GFLOPs per image at 128x128 against 3.9).
+  paper's (0.41 GFLOPs per image at 128x128 against 3.9). ``model.upsample = "bilinear"``
+  interpolates instead of copying pixels: nearest-neighbour copies leave a faint 2-pixel pattern
+  at the same place in every image, which is enough for a linear classifier to tell synthetic
+  from real chest X-rays (benchmarks/real_small_data.py).
 
 Discriminator (SNGAN-style with a projection head, Miyato & Koyama 2018): ``Conv3x3`` then one
 ``Conv4x4 / stride 2`` per halving down to 4x4, doubling channels from ``cfg.d_channels`` (capped
-at ``8 * d_channels``), a final ``Conv3x3``, all spectrally normalized with LeakyReLU(0.2); global
+at ``8 * d_channels``), optionally a minibatch standard-deviation channel (``minibatch_std``), a
+final ``Conv3x3``, all spectrally normalized with LeakyReLU(0.2); global
 sum pooling gives ``h``; the logit is ``linear(h) + <embed(y), h>``. Spectral normalization and the
 projection term keep D Lipschitz-bounded and force it to judge class membership, which both help
 with a few hundred images. For multi-hot labels every embedding is a projection of the multi-hot
@@ -37,11 +41,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ..training.recipe import ModelConfig
+from ..training.recipe import MINIBATCH_STD_GROUP, ModelConfig
 from .layers import (
     ClassEmbedding,
     ConditionalBatchNorm,
     GlobalSumPooling2D,
+    MinibatchStdDev,
     SNConv2D,
     SNDense,
     Upsample2x,
@@ -92,6 +97,7 @@ def build_cxraug_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
                        name="label_embedding")(label)
     h = layers.Concatenate(name="z_label")([z, e])
     base, _ = base_resolution(cfg.image_size)
+    method = "bilinear" if cfg.upsample == "bilinear" else "resize"
     h = layers.Dense(base * base * widths[0], name="seed_dense")(h)
     x = layers.Reshape((base, base, widths[0]), name="seed_grid")(h)
     for i, cout in enumerate(widths[1:]):
@@ -99,12 +105,12 @@ def build_cxraug_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
         p = f"g{res}"
         m = ConditionalBatchNorm(num_classes, multi_hot, name=f"{p}_cbn1")([x, label])
         m = layers.ReLU(name=f"{p}_relu1")(m)
-        m = Upsample2x(name=f"{p}_up")(m)
+        m = Upsample2x(method, name=f"{p}_up")(m)
         m = layers.Conv2D(cout, 3, padding="same", name=f"{p}_conv1")(m)
         m = ConditionalBatchNorm(num_classes, multi_hot, name=f"{p}_cbn2")([m, label])
         m = layers.ReLU(name=f"{p}_relu2")(m)
         m = layers.Conv2D(cout, 3, padding="same", name=f"{p}_conv2")(m)
-        s = Upsample2x(name=f"{p}_skip_up")(x)
+        s = Upsample2x(method, name=f"{p}_skip_up")(x)
         s = layers.Conv2D(cout, 1, name=f"{p}_skip_conv")(s)
         x = layers.Add(name=f"{p}_add")([m, s])
     x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="out_bn")(x)
@@ -134,6 +140,8 @@ def build_cxraug_discriminator(cfg: ModelConfig, num_classes: int,
         x = SNConv2D(cout, 4, strides=2, padding="same", spectral_norm=sn,
                      name=f"d{res}_down")(x)
         x = layers.LeakyReLU(negative_slope=0.2, name=f"d{res}_lrelu")(x)
+    if cfg.minibatch_std:
+        x = MinibatchStdDev(MINIBATCH_STD_GROUP, name="minibatch_std")(x)
     x = SNConv2D(widths[-1], 3, padding="same", spectral_norm=sn, name="dlast_conv")(x)
     x = layers.LeakyReLU(negative_slope=0.2, name="dlast_lrelu")(x)
     h = GlobalSumPooling2D(dtype="float32", name="sum_pool")(x)

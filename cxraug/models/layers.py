@@ -13,8 +13,8 @@
   and for ``MirroredStrategy``).
 * :class:`ConditionalBatchNorm` - batch normalization whose gain and bias come from the label
   (an embedding of a class index, or a projection of a multi-hot vector).
-* :class:`Upsample2x` - nearest-neighbour x2 upsampling, the single place where the project
-  upsamples, so the ONNX export can pick the op that runs fastest in onnxruntime.
+* :class:`Upsample2x` - x2 upsampling (nearest-neighbour, or bilinear), the single place where
+  the project upsamples, so the ONNX export can pick the op that runs fastest in onnxruntime.
 
 All layers are registered with ``keras.saving.register_keras_serializable(package="cxraug")``, so
 ``keras.models.load_model`` restores them without ``custom_objects``.
@@ -31,7 +31,7 @@ from keras import ops
 PACKAGE = "cxraug"
 
 GRAD_METHODS = ("fft", "swap", "stock")
-UPSAMPLE_METHODS = ("resize", "depth_to_space", "repeat")
+UPSAMPLE_METHODS = ("resize", "depth_to_space", "repeat", "bilinear")
 
 
 # ----------------------------------------------------------------------------- fast conv gradient
@@ -437,8 +437,11 @@ class Upsample2x(keras.layers.Layer):
 
     ``method``: "resize" (``ResizeNearestNeighbor``; one ONNX ``Resize``), "depth_to_space" (tile
     the channels 4x then ``DepthToSpace``; one ONNX ``DepthToSpace`` after a ``Tile``), or "repeat"
-    (``ops.repeat`` twice, like ``keras.layers.UpSampling2D``). All three compute the same values,
-    so the export may switch ``layer.method`` on a built model before tracing it.
+    (``ops.repeat`` twice, like ``keras.layers.UpSampling2D``): these three compute the same
+    nearest-neighbour values. "bilinear" (half-pixel centres; one ONNX ``Resize`` in linear
+    mode) interpolates instead: nearest-neighbour copies leave a 2-pixel periodic pattern at the
+    same place in every image, which a linear classifier of real vs synthetic images picks up
+    (benchmarks/real_small_data.py).
     """
 
     def __init__(self, method: str = "resize", **kwargs: Any) -> None:
@@ -451,6 +454,10 @@ class Upsample2x(keras.layers.Layer):
         if self.method == "repeat":
             return ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
         h, w = x.shape[1], x.shape[2]
+        if self.method == "bilinear":
+            if h is None or w is None:
+                raise ValueError("Upsample2x(method='bilinear') needs static spatial dimensions")
+            return tf.image.resize(x, [2 * h, 2 * w], method="bilinear")
         if self.method == "resize" and (h is None or w is None):
             raise ValueError("Upsample2x(method='resize') needs static spatial dimensions")
         return _nearest_up2(x, self.method)
@@ -461,6 +468,36 @@ class Upsample2x(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "method": self.method}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MinibatchStdDev(keras.layers.Layer):
+    """ProGAN's minibatch standard deviation: one extra channel holding, for each group of
+    ``group_size`` consecutive images, the mean over features of their standard deviation.
+
+    A generator that repeats itself makes groups with a small spread, which D can then see.
+    Groups are consecutive images so that a batch built as ``concat([reals, fakes])`` never
+    mixes reals and fakes in one group (the batch and each half must be multiples of the group).
+    """
+
+    def __init__(self, group_size: int = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.group_size = int(group_size)
+
+    def call(self, x: Any) -> Any:
+        shape = ops.shape(x)
+        g, h, w, c = self.group_size, shape[1], shape[2], shape[3]
+        groups = ops.reshape(ops.cast(x, "float32"), (-1, g, h, w, c))
+        std = ops.sqrt(ops.var(groups, axis=1) + 1e-8)  # [N/g, H, W, C]
+        spread = ops.mean(std, axis=(1, 2, 3))  # [N/g]
+        channel = ops.repeat(spread, g, axis=0)[:, None, None, None] * ops.ones_like(x[..., :1])
+        return ops.concatenate([x, ops.cast(channel, x.dtype)], axis=-1)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
+        return (*input_shape[:-1], input_shape[-1] + 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "group_size": self.group_size}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

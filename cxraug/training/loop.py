@@ -48,19 +48,27 @@ from ..io_utils import write_text_atomic
 from .dataset import CacheDataset
 from .recipe import Recipe, load_recipe
 from .run import (
+    BEST_PREFIX,
     CHECKPOINT_PREFIX,
     RunPaths,
+    latest_entry,
     read_checkpoint_index,
     read_run_json,
     write_run_json,
 )
 from .sampling import draw_grid, generate_grid, grid_latents, save_png
+from .tracking import REALISM_COLUMNS, RealismTracker
 
-METRIC_COLUMNS = ("epoch", "step", "d_acc_fake", "d_acc_real", "d_loss", "g_loss", "wall_s",
-                  "img_per_s")
+METRIC_COLUMNS = ("epoch", "step", "kimg", "d_acc_fake", "d_acc_real", "d_loss", "g_loss",
+                  "r_t", "aug_p", "wall_s", "img_per_s", *REALISM_COLUMNS)
 # Recipe fields that may change on --resume: they do not change what is computed.
-RESUMABLE_CHANGES = ("train.epochs", "train.checkpoint_every", "train.sample_every",
-                     "train.keep_checkpoints")
+RESUMABLE_CHANGES = ("train.epochs", "train.kimg", "train.minutes", "train.checkpoint_every",
+                     "train.sample_every", "train.keep_checkpoints", "train.eval_every",
+                     "train.eval_images")
+#: ADA adjusts its augmentation probability every this many steps (StyleGAN2-ADA: 4).
+ADA_INTERVAL = 4
+#: Batches of latents over which the EMA generator's batch-norm statistics are recomputed.
+STANDING_BATCHES = 16
 
 
 def _now() -> str:
@@ -111,16 +119,22 @@ AUGMENTS: dict[str, Callable[[tf.Tensor, tf.random.Generator], tf.Tensor]] = {
 }
 
 
-def diff_augment(x: tf.Tensor, policies: list[str], rng: tf.random.Generator) -> tf.Tensor:
+def diff_augment(x: tf.Tensor, policies: list[str], rng: tf.random.Generator,
+                 p: tf.Tensor | None = None) -> tf.Tensor:
     """DiffAugment (Zhao et al. 2020): differentiable, so G learns through it.
 
     Reals and fakes go through the same policy with independently drawn parameters per image, so
-    D never sees an un-augmented image and cannot tell reals by the absence of augmentation. The
-    order is fixed (colour first, then geometry) whatever order the recipe lists.
+    D cannot tell reals by how they were augmented. The order is fixed (colour first, then
+    geometry) whatever order the recipe lists. With ``p`` (ADA), each policy is applied to each
+    image with probability ``p``; without it, always.
     """
     for name in ("brightness", "contrast", "translation", "cutout"):
         if name in policies:
-            x = AUGMENTS[name](x, rng)
+            augmented = AUGMENTS[name](x, rng)
+            if p is not None:
+                chosen = rng.uniform([tf.shape(x)[0], 1, 1, 1]) < tf.cast(p, tf.float32)
+                augmented = tf.where(chosen, augmented, x)
+            x = augmented
     return x
 
 
@@ -177,6 +191,7 @@ class GANTrainer:
         self.policies = list(t.diffaugment)
         self.ema_decay = float(t.ema_decay)
         self.aux_weight = float(t.aux_class_weight)
+        self.ada = t.ada_target > 0
         self.label_mode = "none" if m.arch == "paper-dcgan" else m.label_mode
         self.label_key = "labels" if self.label_mode == "multi-hot" else "label"
         self.fake_labels = "data" if self.label_mode == "multi-hot" else t.fake_labels
@@ -201,15 +216,24 @@ class GANTrainer:
             self.rng = tf.random.Generator.from_seed(t.seed)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            # Running sums of the current epoch: d_loss, g_loss, d_acc_real, d_acc_fake, steps.
-            self.sums = tf.Variable(tf.zeros([5], tf.float64), trainable=False, name="sums")
+            # Running sums of the current epoch: d_loss, g_loss, d_acc_real, d_acc_fake, r_t, steps.
+            self.sums = tf.Variable(tf.zeros([6], tf.float64), trainable=False, name="sums")
             self.epoch_wall = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall")
+            # Wall-clock seconds of the run so far (train.minutes), over resumed sessions.
+            self.run_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                           name="run_seconds")
+            # ADA: augmentation probability, and the running sum/count of sign(D(real)).
+            self.aug_p = tf.Variable(0.0 if self.ada else 1.0, dtype=tf.float32,
+                                     trainable=False, name="aug_p")
+            self.ada_acc = tf.Variable(tf.zeros([2], tf.float32), trainable=False,
+                                       name="ada_acc")
         if self.ema_generator is not None:
             self.ema_generator.set_weights(self.generator.get_weights())
         objects: dict[str, Any] = dict(
             generator=self.generator, discriminator=self.discriminator,
             g_optimizer=self.g_optimizer, d_optimizer=self.d_optimizer, rng=self.rng,
-            step=self.step, epoch=self.epoch, sums=self.sums, epoch_wall=self.epoch_wall)
+            step=self.step, epoch=self.epoch, sums=self.sums, epoch_wall=self.epoch_wall,
+            run_seconds=self.run_seconds, aug_p=self.aug_p, ada_acc=self.ada_acc)
         if self.ema_generator is not None:
             objects["ema_generator"] = self.ema_generator
         self.checkpoint = tf.train.Checkpoint(**objects)
@@ -230,6 +254,11 @@ class GANTrainer:
         """The generator grids and exports use: the EMA one where the run keeps an EMA."""
         return self.ema_generator if self.ema_generator is not None else self.generator
 
+    def generate(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Images [N, H, W, 1] in [-1, 1] from the sampled generator, in inference mode."""
+        inputs = z if self.label_mode == "none" else {"z": z, self.label_key: labels}
+        return np.asarray(self.sample_generator(inputs, training=False), dtype=np.float32)
+
     # ------------------------------------------------------------------------- model calls
     def _g(self, z: tf.Tensor, labels: tf.Tensor, training: bool = True) -> tf.Tensor:
         inputs = z if self.label_mode == "none" else {"z": z, self.label_key: labels}
@@ -237,7 +266,8 @@ class GANTrainer:
 
     def _d(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         """(real/fake logits [N, 1], class logits [N, C] or None without the class head)."""
-        images = diff_augment(images, self.policies, self.rng)
+        images = diff_augment(images, self.policies, self.rng,
+                              self.aug_p if self.ada else None)
         inputs = images if self.label_mode == "none" else {"image": images,
                                                             self.label_key: labels}
         out = self.discriminator(inputs, training=True)
@@ -313,6 +343,7 @@ class GANTrainer:
                 scaled = self.d_optimizer.scale_loss(d_loss)
             self._apply(self.d_optimizer, tape, scaled, d_vars)
         acc_real = tf.reduce_sum(tf.cast(real_logits > 0, tf.float32)) / self.real_batch
+        r_t = tf.reduce_sum(tf.sign(real_logits)) / self.real_batch  # ADA's overfitting signal
         acc_fake = tf.reduce_sum(tf.cast(fake_logits < 0, tf.float32)) / self.real_batch
         # 2. Generator, on a full batch of fresh latent/label pairs.
         z, g_labels = self._noise(self.local_batch, labels)
@@ -323,7 +354,7 @@ class GANTrainer:
             scaled = self.g_optimizer.scale_loss(g_loss)
         self._apply(self.g_optimizer, tape, scaled, g_vars)
         return {"d_loss": d_loss, "g_loss": g_loss, "d_acc_real": acc_real,
-                "d_acc_fake": acc_fake}
+                "d_acc_fake": acc_fake, "r_t": r_t}
 
     def _distributed_step(self, real: Any, labels: Any) -> dict[str, tf.Tensor]:
         per_replica = self.strategy.run(self._replica_fn, args=(real, labels))
@@ -331,40 +362,80 @@ class GANTrainer:
                for k, v in per_replica.items()}
         if self.ema_generator is not None:
             self._update_ema()
+        if self.ada:
+            self._update_ada(out["r_t"])
         self.step.assign_add(1)
         self.sums.assign_add(tf.cast(tf.stack([out["d_loss"], out["g_loss"], out["d_acc_real"],
-                                               out["d_acc_fake"], 1.0]), tf.float64))
+                                               out["d_acc_fake"], out["r_t"], 1.0]), tf.float64))
         return out
 
     def _update_ema(self) -> None:
-        """EMA of trainable weights; non-trainable state (BN statistics) copied.
+        """EMA of the trainable weights.
 
         The decay ramps up as min(decay, (1 + step) / (10 + step)), as in
         tf.train.ExponentialMovingAverage with num_updates, so a short run's EMA is not stuck
-        near the random initial weights.
+        near the random initial weights. Batch-norm statistics are not averaged or copied: they
+        would belong to other weights. :meth:`standing_statistics` recomputes them for the
+        averaged weights before the EMA generator is sampled or saved.
         """
         step = tf.cast(self.step, tf.float32)
         decay = tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
         for ema, w in zip(self.ema_generator.trainable_variables,
                           self.generator.trainable_variables, strict=True):
             ema.assign(decay * ema + (1.0 - decay) * tf.cast(w, ema.dtype))
-        for ema, w in zip(self.ema_generator.non_trainable_variables,
-                          self.generator.non_trainable_variables, strict=True):
-            ema.assign(w)
+
+    def _update_ada(self, r_t: tf.Tensor) -> None:
+        """StyleGAN2-ADA's controller: every ADA_INTERVAL steps, move p by
+        sign(mean r_t - target) * (images in the interval) / (ada_kimg * 1000), within [0, 1]."""
+        t = self.recipe.train
+        self.ada_acc.assign_add(tf.stack([tf.cast(r_t, tf.float32), 1.0]))
+        due = tf.equal((self.step + 1) % ADA_INTERVAL, 0)
+        mean_rt = self.ada_acc[0] / tf.maximum(self.ada_acc[1], 1.0)
+        rate = self.batch_size * ADA_INTERVAL / (t.ada_kimg * 1000.0)
+        moved = tf.clip_by_value(self.aug_p + tf.sign(mean_rt - t.ada_target) * rate, 0.0, 1.0)
+        self.aug_p.assign(tf.where(due, moved, self.aug_p))
+        self.ada_acc.assign(tf.where(due, tf.zeros([2]), self.ada_acc))
+
+    def standing_statistics(self, label_pool: np.ndarray, batches: int = STANDING_BATCHES) -> None:
+        """BigGAN's "standing statistics": recompute the EMA generator's batch-norm statistics
+        from its own averaged weights, on fresh latents and labels drawn as in training (fixed
+        by seed and step, so a resumed run gets the same numbers)."""
+        if self.ema_generator is None:
+            return
+        rng = np.random.default_rng([self.recipe.train.seed, int(self.step.numpy()), 0xB17])
+        n = self.batch_size
+        latent = self.recipe.model.latent_dim
+
+        def inputs() -> Iterator[Any]:
+            for _ in range(batches):
+                z = rng.standard_normal((n, latent)).astype(np.float32)
+                if self.label_mode == "none":
+                    yield z
+                    continue
+                if self.fake_labels == "uniform" and self.label_mode == "index":
+                    labels = rng.integers(0, self.num_classes, n).astype(np.int32)
+                else:
+                    labels = label_pool[rng.integers(0, len(label_pool), n)]
+                yield {"z": z, self.label_key: labels}
+
+        from ..models import refresh_batchnorm_statistics
+
+        refresh_batchnorm_statistics(self.ema_generator, inputs())
 
     def train_step(self, real: Any, labels: Any) -> dict[str, tf.Tensor]:
         """One full step (D then G then EMA) on a (distributed) batch of reals."""
         return self._step_fn(real, labels)
 
     def reset_epoch_sums(self) -> None:
-        self.sums.assign(tf.zeros([5], tf.float64))
+        self.sums.assign(tf.zeros([6], tf.float64))
         self.epoch_wall.assign(0.0)
 
     def epoch_means(self) -> dict[str, float]:
-        d_loss, g_loss, acc_real, acc_fake, steps = (float(v) for v in self.sums.numpy())
+        d_loss, g_loss, acc_real, acc_fake, r_t, steps = (float(v) for v in self.sums.numpy())
         steps = max(steps, 1.0)
         return {"d_acc_fake": acc_fake / steps, "d_acc_real": acc_real / steps,
-                "d_loss": d_loss / steps, "g_loss": g_loss / steps}
+                "d_loss": d_loss / steps, "g_loss": g_loss / steps, "r_t": r_t / steps,
+                "aug_p": float(self.aug_p.numpy())}
 
 
 # -------------------------------------------------------------------------------- the run
@@ -380,10 +451,14 @@ class TrainResult:
     metrics: list[dict[str, float]] = field(default_factory=list)
     wall_s: float = 0.0
     checkpoint: str | None = None
+    end_step: int = 0
+    batch_size: int = 0
 
     def summary(self) -> str:
-        lines = [f"run {self.run_dir}: {self.status}, {self.epochs_done}/{self.epochs} epochs, "
-                 f"{self.step} steps, {self.wall_s:.1f} s this session"]
+        kimg = self.step * self.batch_size / 1000.0
+        lines = [f"run {self.run_dir}: {self.status}, step {self.step}/{self.end_step} "
+                 f"({kimg:.1f} kimg, {self.epochs_done}/{self.epochs} epochs), "
+                 f"{self.wall_s:.1f} s this session"]
         if self.metrics:
             m = self.metrics[-1]
             lines.append(f"  epoch {int(m['epoch'])}: d_loss {m['d_loss']:.3f}  g_loss "
@@ -391,6 +466,12 @@ class TrainResult:
                          f"{m['d_acc_fake']:.2f}  {m['img_per_s']:.1f} img/s")
         if self.checkpoint:
             lines.append(f"  checkpoint: {self.checkpoint}")
+        best = [e for e in read_checkpoint_index(self.run_dir) if e.get("reason") == "best"]
+        if best:
+            b = best[-1]
+            lines.append(f"  best checkpoint (what export uses): {b['name']} at "
+                         f"{b['step'] * self.batch_size / 1000:.1f} kimg, two-sample accuracy "
+                         f"vs val {b['c2st_val']:.3f}, near-copies {b['near_copy']:.1%}")
         samples = sorted((self.run_dir / "samples").glob("epoch_*.png"))
         if samples:
             lines.append(f"  samples: {samples[-1]}")
@@ -448,7 +529,8 @@ def _read_metrics(path: Path, up_to_epoch: int) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as handle:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        rows = [{k: float(v) for k, v in row.items() if k and v not in ("", None)}
+                for row in csv.DictReader(handle)]
     return [r for r in rows if r["epoch"] <= up_to_epoch]
 
 
@@ -457,8 +539,8 @@ def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (int(row[k]) if k in ("epoch", "step") else f"{row[k]:.6g}")
-                         for k in METRIC_COLUMNS})
+        writer.writerow({k: ("" if k not in row else int(row[k]) if k in ("epoch", "step")
+                             else f"{row[k]:.6g}") for k in METRIC_COLUMNS})
     write_text_atomic(path, buffer.getvalue())
 
 
@@ -570,7 +652,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     index = read_checkpoint_index(out)
     restored = None
     if resume and index:
-        restored = index[-1]
+        restored = latest_entry(index)
         trainer.checkpoint.restore(str(paths.checkpoints / restored["name"])).assert_consumed()
 
     if previous is None:
@@ -608,35 +690,79 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                 "(label_mode index)")
 
     spe = dataset.steps_per_epoch
+    end_step = planned_steps(t, spe)
+    n_epochs = -(-end_step // spe)
     epochs_done = int(trainer.epoch.numpy())
     step = int(trainer.step.numpy())
     in_epoch = step - epochs_done * spe
     if in_epoch < 0 or in_epoch >= spe:
         raise CxrError(f"--resume: checkpoint step {step} does not fit {spe} steps per epoch; "
                        "the run folder does not match this cache or batch size")
+    label_pool = dataset.multi_hot.astype(np.float32) if trainer.label_key == "labels" else \
+        dataset.labels.astype(np.int32)
+    tracker = None
+    if t.eval_every:
+        tracker = RealismTracker(data, label_pool, recipe.model.latent_dim, t.eval_images,
+                                 t.seed)
+        best = [e for e in read_checkpoint_index(out) if e.get("reason") == "best"]
+        tracker.best = best[-1]["c2st_val"] if best else None
     metrics = _read_metrics(paths.metrics, epochs_done)
     writer = tf.summary.create_file_writer(str(paths.tensorboard))
     session_start = time.perf_counter()
+    seconds_before = float(trainer.run_seconds.numpy())
     last_ckpt = restored["name"] if restored else None
     status = "running"
 
+    def run_seconds() -> float:
+        return seconds_before + time.perf_counter() - session_start
+
+    def out_of_time() -> bool:
+        return t.minutes > 0 and run_seconds() >= 60.0 * t.minutes
+
+    def write_index(entries: list[dict[str, Any]]) -> None:
+        write_text_atomic(paths.checkpoint_index, _json(entries))
+
     def save_checkpoint(reason: str) -> str:
         nonlocal last_ckpt
+        trainer.standing_statistics(label_pool)
+        trainer.run_seconds.assign(run_seconds())
         s, e = int(trainer.step.numpy()), int(trainer.epoch.numpy())
         prefix = manager.save(checkpoint_number=s)
         name = Path(prefix).name
         kept = {Path(p).name for p in manager.checkpoints}
-        entries = [x for x in read_checkpoint_index(out) if x["name"] in kept and x["name"] != name]
+        entries = [x for x in read_checkpoint_index(out) if x["name"] != name
+                   and (x["name"] in kept or x.get("reason") == "best")]
         entries.append({"name": name, "epoch": e, "step": s, "saved": _now(), "reason": reason})
-        write_text_atomic(paths.checkpoint_index, _json(entries))
+        write_index(entries)
         last_ckpt = name
         run.save_info(last_checkpoint=name, epochs_done=e, step=s)
         return name
 
-    run.bar = tqdm(total=t.epochs * spe, initial=step, disable=not progress, unit="step",
+    def save_best(result: dict[str, float]) -> None:
+        """The whole training state under best-<step>, then the older best removed (the index
+        always names a complete checkpoint)."""
+        trainer.run_seconds.assign(run_seconds())
+        s, e = int(trainer.step.numpy()), int(trainer.epoch.numpy())
+        name = f"{BEST_PREFIX}-{s}"
+        trainer.checkpoint.write(str(paths.checkpoints / name))
+        old = [x for x in read_checkpoint_index(out) if x.get("reason") == "best"]
+        entries = [x for x in read_checkpoint_index(out) if x.get("reason") != "best"]
+        entries.append({"name": name, "epoch": e, "step": s, "saved": _now(), "reason": "best",
+                        **{k: round(v, 5) for k, v in result.items()}})
+        write_index(entries)
+        for entry in old:
+            if entry["name"] != name:
+                for f in paths.checkpoints.glob(f"{entry['name']}.*"):
+                    f.unlink(missing_ok=True)
+        run.save_info(best_checkpoint=name, best=entries[-1])
+
+    run.bar = tqdm(total=end_step, initial=step, disable=not progress, unit="step",
                    file=sys.stderr, dynamic_ncols=True, desc=recipe.name)
+    limit = end_step if max_steps is None else min(end_step, max_steps)
     try:
-        for epoch in range(epochs_done, t.epochs):
+        if step >= end_step or out_of_time():
+            status = "finished"  # a resumed run whose budget is already spent
+        for epoch in range(epochs_done, n_epochs if status == "running" else 0):
             if in_epoch == 0:
                 trainer.reset_epoch_sums()
             batches = strategy.experimental_distribute_dataset(dataset.dataset(epoch, in_epoch))
@@ -652,42 +778,67 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                 run.bar.update(1)
                 run.bar.set_postfix(epoch=epoch + 1, d=f"{losses['d_loss']:.3f}",
                                     g=f"{losses['g_loss']:.3f}", refresh=False)
-                if max_steps is not None and step >= max_steps:
+                if step >= limit or out_of_time():
                     break
             trainer.epoch_wall.assign_add(time.perf_counter() - tick)
-            stop = max_steps is not None and step >= max_steps
-            if stop and step < (epoch + 1) * spe:  # stopped inside the epoch
+            complete = step == (epoch + 1) * spe
+            budget_spent = step >= end_step or out_of_time()
+            if not complete and not budget_spent:  # max_steps inside an epoch
                 save_checkpoint("max_steps")
                 status = "stopped"
                 break
-            trainer.epoch.assign(epoch + 1)
-            in_epoch = 0
+            if complete:
+                trainer.epoch.assign(epoch + 1)
+                in_epoch = 0
             wall = float(trainer.epoch_wall.numpy())
-            row = {"epoch": epoch + 1, "step": step, **trainer.epoch_means(), "wall_s": wall,
-                   "img_per_s": spe * t.batch_size / max(wall, 1e-9)}
-            metrics.append(row)
-            _write_metrics(paths.metrics, metrics)
-            with writer.as_default(step=step):
-                for key in METRIC_COLUMNS[2:]:
-                    _tb_scalar(key, row[key])
-            run.log(f"epoch {epoch + 1}/{t.epochs} step {step}: d_loss {row['d_loss']:.4f} "
-                    f"g_loss {row['g_loss']:.4f} d_acc_real {row['d_acc_real']:.3f} d_acc_fake "
-                    f"{row['d_acc_fake']:.3f} {row['img_per_s']:.1f} img/s")
-            last = epoch + 1 == t.epochs
+            done_in_epoch = step - epoch * spe
+            row = {"epoch": epoch + 1, "step": step, "kimg": step * t.batch_size / 1000.0,
+                   **trainer.epoch_means(), "wall_s": wall,
+                   "img_per_s": done_in_epoch * t.batch_size / max(wall, 1e-9)}
+            last = budget_spent
             if (epoch + 1) % t.sample_every == 0 or last:
+                trainer.standing_statistics(label_pool)
                 images, names = generate_grid(trainer.sample_generator, grid_z,
                                               dataset.class_names, trainer.label_mode)
                 grid = draw_grid(images, names)
                 save_png(grid, paths.sample(epoch + 1))
                 with writer.as_default(step=step):
                     _tb_image("samples", grid)
+            if tracker is not None and ((epoch + 1) % t.eval_every == 0 or last):
+                trainer.standing_statistics(label_pool)
+                result = tracker.measure(trainer.generate)
+                row.update(result)
+                best = tracker.is_best(result)
+                if best:
+                    save_best(result)
+                run.log(f"realism at {row['kimg']:.1f} kimg: two-sample accuracy vs val "
+                        f"{result['c2st_val']:.3f}, near-copies {result['near_copy']:.1%}, "
+                        f"diversity {result['diversity']:.2f}{' (best so far)' if best else ''}")
+            metrics.append(row)
+            _write_metrics(paths.metrics, metrics)
+            with writer.as_default(step=step):
+                for key in METRIC_COLUMNS[3:]:
+                    if key in row:
+                        _tb_scalar(key, row[key])
+            run.log(f"epoch {epoch + 1}/{n_epochs} step {step} ({row['kimg']:.1f} kimg): "
+                    f"d_loss {row['d_loss']:.4f} g_loss {row['g_loss']:.4f} d_acc_real "
+                    f"{row['d_acc_real']:.3f} d_acc_fake {row['d_acc_fake']:.3f} r_t "
+                    f"{row['r_t']:.2f} p {row['aug_p']:.3f} {row['img_per_s']:.1f} img/s")
+            stop = max_steps is not None and step >= max_steps
             if (epoch + 1) % t.checkpoint_every == 0 or last or stop:
-                save_checkpoint("epoch")
-            if stop and not last:
+                save_checkpoint("budget" if last and not complete else "epoch")
+            if last:
+                if out_of_time() and step < end_step:
+                    run.log(f"time budget of {t.minutes:g} min reached at step {step}",
+                            echo=True)
+                status = "finished"
+                break
+            if stop:
                 status = "stopped"
                 break
         else:
-            status = "finished"
+            if status == "running":
+                status = "finished"
     except KeyboardInterrupt:
         run.bar.close()
         name = save_checkpoint("interrupt")
@@ -714,11 +865,21 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     run.bar.close()
     wall = time.perf_counter() - session_start
     run.save_info(status=status, ended=_now(), epochs_done=int(trainer.epoch.numpy()),
-                  step=int(trainer.step.numpy()))
-    run.log(f"{status}: {int(trainer.epoch.numpy())}/{t.epochs} epochs in {wall:.1f} s")
+                  step=int(trainer.step.numpy()), kimg=int(trainer.step.numpy()) * t.batch_size
+                  / 1000.0, run_seconds=run_seconds())
+    run.log(f"{status}: step {int(trainer.step.numpy())}/{end_step} "
+            f"({int(trainer.step.numpy()) * t.batch_size / 1000:.1f} kimg) in {wall:.1f} s")
     return TrainResult(run_dir=out, status=status, epochs_done=int(trainer.epoch.numpy()),
-                       epochs=t.epochs, step=int(trainer.step.numpy()), metrics=metrics,
-                       wall_s=wall, checkpoint=last_ckpt)
+                       epochs=n_epochs, step=int(trainer.step.numpy()), metrics=metrics,
+                       wall_s=wall, checkpoint=last_ckpt, end_step=end_step,
+                       batch_size=t.batch_size)
+
+
+def planned_steps(t: Any, steps_per_epoch: int) -> int:
+    """Steps of the whole run: ``train.kimg`` thousand images when set, else ``train.epochs``."""
+    if t.kimg > 0:
+        return max(1, math.ceil(t.kimg * 1000.0 / t.batch_size))
+    return t.epochs * steps_per_epoch
 
 
 def _json(obj: Any) -> str:

@@ -27,6 +27,9 @@ LABEL_MODES = ("index", "multi-hot")
 LOSSES = ("bce", "hinge")
 DIFFAUG_POLICIES = ("translation", "cutout", "brightness", "contrast")
 FAKE_LABELS = ("uniform", "data")
+UPSAMPLE = ("nearest", "bilinear")
+#: Images per group of the discriminator's minibatch standard deviation (ProGAN, StyleGAN: 4).
+MINIBATCH_STD_GROUP = 4
 
 
 def _doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -56,13 +59,25 @@ class ModelConfig:
     g_channels: int = _doc("cxraug: generator channels at the lowest resolution.", 256)
     d_channels: int = _doc("cxraug: discriminator channels at the highest resolution.", 32)
     spectral_norm: bool = _doc("cxraug: spectral normalization in the discriminator.", True)
+    upsample: str = _doc(
+        "cxraug: the generator's x2 upsampling, nearest (copies pixels) | bilinear (interpolates; "
+        "no fixed 2-pixel pattern in every image).", "nearest")
+    minibatch_std: bool = _doc(
+        "cxraug: a minibatch standard-deviation channel before D's last convolution (ProGAN), so "
+        "D sees when a batch lacks the variety of real images.", False)
 
 
 @dataclass
 class TrainConfig:
     """How to train."""
 
-    epochs: int = _doc("Passes over the training split.", 50)
+    epochs: int = _doc("Passes over the training split (ignored when train.kimg is set).", 50)
+    kimg: float = _doc(
+        "Length in thousands of images shown to G (one per latent of a G step; StyleGAN's "
+        "kimg); 0: train.epochs decides. On a few hundred images epochs mean little.", 0.0)
+    minutes: float = _doc(
+        "Wall-clock budget of the whole run, summed over resumed sessions; training stops at "
+        "the first step past it (0: no time limit).", 0.0)
     batch_size: int = _doc("Images per step (global batch across GPUs).", 128)
     g_lr: float = _doc("Generator Adam learning rate.", 2e-4)
     d_lr: float = _doc("Discriminator Adam learning rate.", 2e-4)
@@ -78,6 +93,12 @@ class TrainConfig:
         "Differentiable augmentations for D (translation, cutout, brightness, contrast).",
         default_factory=list,
     )
+    ada_target: float = _doc(
+        "Adaptive augmentation (ADA, Karras et al. 2020): each DiffAugment policy is applied to "
+        "an image with probability p, raised while D overfits, i.e. while "
+        "r_t = E[sign(D(real))] is above this target (0.6 in StyleGAN2-ADA); 0: off, every "
+        "policy always applied.", 0.0)
+    ada_kimg: float = _doc("ADA speed: kimg over which p can move from 0 to 1.", 100.0)
     class_balanced: bool = _doc("Sample every class equally often instead of by frequency.", False)
     fake_labels: str = _doc(
         "Labels of the fakes: uniform (every class equally often, the paper) | data (the real "
@@ -97,6 +118,10 @@ class TrainConfig:
     checkpoint_every: int = _doc("Save a checkpoint every N epochs (and always at the end).", 5)
     keep_checkpoints: int = _doc("Checkpoints kept on disk (the newest N).", 5)
     sample_every: int = _doc("Write a sample grid every N epochs.", 1)
+    eval_every: int = _doc(
+        "Every N epochs, measure realism on the cache's val split (other patients) and save the "
+        "best checkpoint so far as 'best' (what export uses); 0: off.", 0)
+    eval_images: int = _doc("Synthetic images per realism measurement.", 256)
     grid_columns: int = _doc("Fixed latent vectors (columns) in the sample grids.", 8)
     mixed_precision: bool = _doc("float16 compute on GPU (ignored on CPU).", False)
     xla: bool = _doc("Compile the training step with XLA (jit_compile).", False)
@@ -251,6 +276,28 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         fail(f"train.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
     if t.epochs < 1:
         fail(f"train.epochs must be at least 1, got {t.epochs}")
+    for key in ("kimg", "minutes"):
+        if getattr(t, key) < 0:
+            fail(f"train.{key} must be 0 (off) or more, got {getattr(t, key)}")
+    if not 0 <= t.ada_target < 1:
+        fail(f"train.ada_target must be in [0, 1) (0: off; 0.6 is StyleGAN2-ADA's), "
+             f"got {t.ada_target}")
+    if t.ada_target > 0 and not t.diffaugment:
+        fail("train.ada_target needs train.diffaugment policies to adapt; list some "
+             '(e.g. ["translation", "cutout"]) or set ada_target = 0')
+    if t.ada_kimg <= 0:
+        fail(f"train.ada_kimg must be positive, got {t.ada_kimg}")
+    if m.upsample not in UPSAMPLE:
+        fail(f"model.upsample must be one of {', '.join(UPSAMPLE)}, got {m.upsample!r}")
+    if m.upsample != "nearest" and m.arch != "cxraug":
+        fail(f"model.upsample = {m.upsample!r} needs model.arch = \"cxraug\" (the paper's "
+             "generator upsamples by transposed convolutions)")
+    if m.minibatch_std and m.arch != "cxraug":
+        fail("model.minibatch_std needs model.arch = \"cxraug\"; set it to false")
+    if m.minibatch_std and t.batch_size % (2 * MINIBATCH_STD_GROUP if t.d_half_batches
+                                           else MINIBATCH_STD_GROUP):
+        fail(f"model.minibatch_std compares groups of {MINIBATCH_STD_GROUP} images: "
+             f"train.batch_size must be a multiple of {MINIBATCH_STD_GROUP}, got {t.batch_size}")
     if t.batch_size < 2 or (t.d_half_batches and t.batch_size % 2):
         fail(f"train.batch_size must be at least 2 (and even with d_half_batches), got "
              f"{t.batch_size}")
@@ -279,6 +326,10 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     for key in ("checkpoint_every", "sample_every", "grid_columns", "keep_checkpoints"):
         if getattr(t, key) < 1:
             fail(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    if t.eval_every < 0:
+        fail(f"train.eval_every must be 0 (off) or more, got {t.eval_every}")
+    if t.eval_images < 20:
+        fail(f"train.eval_images must be at least 20, got {t.eval_images}")
     if recipe.data.split not in ("train", "val", "test", "all"):
         fail(f"data.split must be train, val, test or all, got {recipe.data.split!r}")
 

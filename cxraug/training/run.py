@@ -20,6 +20,8 @@ from ..io_utils import write_json_atomic
 from .recipe import Recipe, load_recipe
 
 CHECKPOINT_PREFIX = "ckpt"
+#: The checkpoint kept by train.eval_every: the most realistic one so far (``best-<step>``).
+BEST_PREFIX = "best"
 
 
 @dataclass(frozen=True)
@@ -98,15 +100,29 @@ def read_checkpoint_index(run_dir: str | Path) -> list[dict[str, Any]]:
     return [e for e in entries if (root / f"{e['name']}.index").is_file()]
 
 
+def latest_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint with the most steps (a regular one before a best one of the same step)."""
+    return max(entries, key=lambda e: (e["step"], e.get("reason") != "best"))
+
+
 def resolve_checkpoint(run_dir: str | Path, checkpoint: str | None = None) -> dict[str, Any]:
-    """Pick a checkpoint: None/``latest``, a name (``ckpt-120``), an epoch number, or a path."""
+    """Pick a checkpoint: None (``best`` where the run measured realism, else the latest),
+    ``best``, ``latest``, a name (``ckpt-120``), an epoch number, or a path."""
     run_dir = Path(run_dir)
     entries = read_checkpoint_index(run_dir)
     if not entries:
         raise CxrError(f"run {run_dir} has no checkpoint yet; train at least "
                        "train.checkpoint_every epochs (or stop it with Ctrl-C, which saves one)")
+    best = [e for e in entries if e.get("reason") == "best"]
+    if checkpoint in (None, "") and best:
+        return best[-1]
     if checkpoint in (None, "", "latest"):
-        return entries[-1]
+        return latest_entry(entries)
+    if checkpoint == "best":
+        if not best:
+            raise CxrError(f"run {run_dir} has no best checkpoint (it was trained without "
+                           "train.eval_every); leave out --checkpoint for the latest")
+        return best[-1]
     text = str(checkpoint)
     for entry in entries:
         if text == entry["name"]:
