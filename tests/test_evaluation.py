@@ -269,7 +269,8 @@ def test_collapse_and_unrealistic_images_are_flagged_and_small_classes_not_score
         if n < 20:  # the two-sample test needs fewer images than FID/KID: 20 a side
             assert cls["two_sample"]["note"] == f"too few held-out images (n={n})"
         else:
-            assert cls["two_sample"]["synthetic"]["n_per_side"] == n
+            # equal numbers a side: as many as the smaller of the two sets
+            assert cls["two_sample"]["synthetic"]["n_per_side"] == min(n, cls["n_synthetic"])
     assert collapse["overall"]["fid"] is None
     assert "too few held-out images (n=" in reports["collapse"]["summary"]
     assert "too few held-out images (n=" in (reports["collapse"]["out"] / "report.html").read_text()
@@ -416,11 +417,12 @@ def test_cli_evaluate_and_downstream_on_the_exported_smoke_generator(
 
     rc = main(["evaluate", "--model", str(smoke_onnx), "--data", str(phantom_cache), "--out",
                str(tmp_path / "report"), "--classifier", str(classifier_dir), "--n-per-class",
-               "8", "--run", str(smoke_run)])
+               "8", "--run", str(smoke_run), "--min-heldout", "5"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["generator"] == str(smoke_onnx)
+    assert report["generator"] == str(smoke_onnx) and report["min_heldout"] == 5
+    # the phantom val split has 6-20 images a class: with --min-heldout 5 every class gets a FID
     assert len(report["classes"]) == 7 and report["overall"]["fid"] is not None
     assert "macro mean" in printed and "Training curves" in (
         tmp_path / "report" / "report.html").read_text()
