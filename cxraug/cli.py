@@ -49,6 +49,43 @@ def _split_list(value: str | None) -> list[str] | None:
     return items or None
 
 
+#: A working command line per command, shown when required options are missing.
+EXAMPLES = {
+    "prepare": "cxraug prepare NIH/ --csv NIH/Data_Entry_2017.csv --size 64 --multi-label keep "
+               "--out cache64.h5",
+    "info": "cxraug info cache64.h5",
+    "demo-data": "cxraug demo-data --out phantom/ --n 600 --size 64",
+    "train": "cxraug train --data cache64.h5 --out runs/small --recipe small-data-64",
+    "sample": "cxraug sample --run runs/small --out grid.png",
+    "export-onnx": "cxraug export-onnx --run runs/small --out exported_models/small.onnx",
+    "inspect": "cxraug inspect exported_models/small.onnx",
+    "augment": "cxraug augment --target-per-class 5000 --out data/aug",
+    "train-classifier": "cxraug train-classifier --data cache64.h5 --out classifiers/nih64",
+    "evaluate": "cxraug evaluate --model exported_models/small.onnx --data cache64.h5 "
+                "--out report/",
+    "downstream": "cxraug downstream --data cache64.h5 --synthetic data/aug/mixed.csv",
+}
+#: What to do when the missing piece does not exist yet.
+HINTS = {
+    "--data": "no cache yet? make one with `" + EXAMPLES["prepare"] + "` (or try phantom data "
+              "first: `cxraug demo-data --out phantom/ --n 600 --size 64` then `cxraug prepare "
+              "phantom/ --csv phantom/Data_Entry_2017.csv --size 64 --out cache64.h5`)",
+}
+
+
+def _require(command: str, **given: object) -> None:
+    """One line naming every missing option at once, with a command line that works."""
+    missing = [name if name.isupper() else "--" + name.replace("_", "-")
+               for name, value in given.items() if value is None]
+    if not missing:
+        return
+    hint = "; ".join(HINTS[m] for m in missing if m in HINTS and command in ("train",
+                                                                              "train-classifier"))
+    raise CxrError(f"{command}: missing {', '.join(missing)}; for example: "
+                   f"{EXAMPLES[command]}" + (f"; {hint}" if hint else ""))
+
+
+
 class MultiLabel(str, Enum):
     drop = "drop"
     keep = "keep"
@@ -68,8 +105,8 @@ class Device(str, Enum):
 # --------------------------------------------------------------------------------------- data
 @app.command()
 def prepare(
-    data_root: Annotated[Path, typer.Argument(help="Folder holding the PNGs (searched recursively).")],
-    csv: Annotated[Path, typer.Option(help="NIH label file, e.g. Data_Entry_2017.csv.")],
+    data_root: Annotated[Path | None, typer.Argument(help="Folder holding the PNGs (searched recursively).")] = None,
+    csv: Annotated[Path | None, typer.Option(help="NIH label file, e.g. Data_Entry_2017.csv.")] = None,
     out: Annotated[Path, typer.Option(help="HDF5 cache to write.")] = Path("cache.h5"),
     size: Annotated[int, typer.Option(help="Output side in pixels.")] = 128,
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
@@ -89,6 +126,7 @@ def prepare(
     """Decode NIH PNGs into a fast HDF5 training cache."""
     from .data.cache import prepare as run_prepare
 
+    _require("prepare", DATA_ROOT=data_root, csv=csv)
     result = run_prepare(
         data_root=data_root, csv=csv, out=out, size=size, classes=_split_list(classes),
         top_k=top_k, multi_label=multi_label.value, view=view, val_fraction=val_fraction,
@@ -99,16 +137,17 @@ def prepare(
 
 
 @app.command()
-def info(cache: Annotated[Path, typer.Argument(help="A cache written by `cxraug prepare`.")]) -> None:
+def info(cache: Annotated[Path | None, typer.Argument(help="A cache written by `cxraug prepare`.")] = None) -> None:
     """Print a cache's counts per class and split."""
     from .data.cache import describe_cache
 
+    _require("info", CACHE=cache)
     typer.echo(describe_cache(cache))
 
 
 @app.command("demo-data")
 def demo_data(
-    out: Annotated[Path, typer.Option(help="Folder to create.")],
+    out: Annotated[Path | None, typer.Option(help="Folder to create.")] = None,
     n: Annotated[int, typer.Option(help="Number of images.")] = 2000,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same bytes.")] = 0,
@@ -119,6 +158,7 @@ def demo_data(
     """Make a phantom chest X-ray data set in NIH format."""
     from .data.phantom import make_phantom_dataset
 
+    _require("demo-data", out=out)
     result = make_phantom_dataset(out=out, n=n, size=size, seed=seed,
                                   multi_label_fraction=multi_label_fraction, overwrite=overwrite,
                                   workers=workers)
@@ -128,9 +168,9 @@ def demo_data(
 # ----------------------------------------------------------------------------------- training
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Cache written by `cxraug prepare`.")],
-    out: Annotated[Path, typer.Option(help="Run folder.")],
-    recipe: Annotated[str, typer.Option(help="Built-in recipe name or path to a .toml.")] = "cxraug-128",
+    data: Annotated[Path | None, typer.Option(help="Cache written by `cxraug prepare` (with --resume, default: the run's).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    recipe: Annotated[str | None, typer.Option(help="Built-in recipe name or path to a .toml (default: cxraug-128; with --resume, the run's own recipe).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size.")] = None,
@@ -142,6 +182,15 @@ def train(
     """Train a conditional GAN from a recipe."""
     from .training.recipe import load_recipe
 
+    if resume and out is not None and (out / "run.json").is_file():
+        # a run knows its own cache and recipe: --resume needs neither again
+        from .training.run import read_run_json
+
+        cache = read_run_json(out).get("data", {}).get("path")
+        data = data or (Path(cache) if cache else None)
+        recipe = recipe or str(out / "recipe.toml")
+    _require("train", data=data, out=out)
+    recipe = recipe or "cxraug-128"
     overrides: dict[str, object] = {}
     for item in set_ or []:
         key, sep, value = item.partition("=")
@@ -160,7 +209,7 @@ def train(
 
 @app.command()
 def sample(
-    run: Annotated[Path, typer.Option(help="Run folder.")],
+    run: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("grid.png"),
     checkpoint: Annotated[str | None, typer.Option(help="Checkpoint: best, latest, a name or an epoch (default: best where the run measured realism, else latest).")] = None,
     columns: Annotated[int, typer.Option(help="Latent vectors per class row.")] = 8,
@@ -169,6 +218,7 @@ def sample(
     """Draw a class-by-latent sample grid from a run."""
     from .training.sampling import sample_grid
 
+    _require("sample", run=run)
     path = sample_grid(run=run, out=out, checkpoint=checkpoint, columns=columns, seed=seed)
     typer.echo(f"wrote {path}")
 
@@ -188,30 +238,32 @@ def recipes() -> None:
 # ------------------------------------------------------------------------------ export/synth
 @app.command("export-onnx")
 def export_onnx(
-    run: Annotated[Path, typer.Option(help="Run folder.")],
-    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    run: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    out: Annotated[Path | None, typer.Option(help="ONNX file to write.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Checkpoint: best, latest, a name or an epoch (default: best where the run measured realism, else latest).")] = None,
     fp16: Annotated[bool, typer.Option(help="Also write a float16 copy for GPUs.")] = False,
 ) -> None:
     """Export a run's generator to ONNX, checked against Keras."""
     from .export.onnx_export import export_run
 
+    _require("export-onnx", run=run, out=out)
     result = export_run(run=run, out=out, checkpoint=checkpoint, fp16=fp16)
     typer.echo(result.summary())
 
 
 @app.command()
-def inspect(model: Annotated[Path, typer.Argument(help="ONNX generator.")]) -> None:
+def inspect(model: Annotated[Path | None, typer.Argument(help="ONNX generator.")] = None) -> None:
     """Print an exported generator's model card."""
     from .synthesis.generator import model_card
 
+    _require("inspect", MODEL=model)
     typer.echo(model_card(model))
 
 
 @app.command()
 def augment(
-    model: Annotated[Path, typer.Option(help="ONNX generator from `cxraug export-onnx`.")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
+    model: Annotated[Path | None, typer.Option(help="ONNX generator from `cxraug export-onnx` (default: the generator that ships with cxraug).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     real_csv: Annotated[Path | None, typer.Option(help="Real NIH label CSV to balance against.")] = None,
     data: Annotated[Path | None, typer.Option(help="A cache: count its training split.")] = None,
     split_list: Annotated[Path | None, typer.Option(help="Count only images in this list (e.g. train_val_list.txt).")] = None,
@@ -221,7 +273,8 @@ def augment(
     classes: Annotated[str | None, typer.Option(help="Comma-separated subset of the model's classes.")] = None,
     label: Annotated[list[str] | None, typer.Option(help="A label combination, e.g. 'Effusion|Infiltration' (multi-label models).")] = None,
     multi_label: Annotated[MultiLabel, typer.Option(help="How real multi-label rows are counted.")] = MultiLabel.drop,
-    output_size: Annotated[int | None, typer.Option(help="Resize outputs, e.g. 1024 for NIH's size.")] = None,
+    output_size: Annotated[int | None, typer.Option(help="Resize outputs, e.g. 1024 for NIH's size (the manifest records the real images' size).")] = None,
+    view: Annotated[str | None, typer.Option(help="View Position of the synthetic rows, PA or AP (default: the view the generator was trained on; '' for none).")] = None,
     layout: Annotated[Layout, typer.Option(help="flat (images/) or class-folders (<class>/).")] = Layout.flat,
     device: Annotated[Device, typer.Option(help="auto, cuda or cpu.")] = Device.auto,
     seed: Annotated[int, typer.Option(help="Image k of class c depends only on (seed, c, k).")] = 0,
@@ -234,11 +287,12 @@ def augment(
     """Synthesize a class-balanced NIH-format data set."""
     from .synthesis.augment import augment as run_augment
 
+    _require("augment", out=out)
     result = run_augment(
         model=model, out=out, real_csv=real_csv, data=data, split_list=split_list,
         real_root=real_root, target_per_class=target_per_class, per_class=per_class,
         classes=_split_list(classes), labels=label, multi_label=multi_label.value,
-        output_size=output_size, layout=layout.value, device=device.value, seed=seed,
+        output_size=output_size, view=view, layout=layout.value, device=device.value, seed=seed,
         batch_size=batch_size, workers=workers, shard=shard, resume=resume, overwrite=overwrite,
     )
     typer.echo(result.summary())
@@ -247,8 +301,8 @@ def augment(
 # --------------------------------------------------------------------------------- evaluation
 @app.command("train-classifier")
 def train_classifier(
-    data: Annotated[Path, typer.Option(help="Cache written by `cxraug prepare`.")],
-    out: Annotated[Path, typer.Option(help="Classifier folder.")],
+    data: Annotated[Path | None, typer.Option(help="Cache written by `cxraug prepare`.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Classifier folder.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     image_size: Annotated[int | None, typer.Option(
@@ -258,15 +312,16 @@ def train_classifier(
     """Train the CNN used as feature space and label judge."""
     from .evaluation.classifier import train_classifier as run
 
+    _require("train-classifier", data=data, out=out)
     result = run(data=data, out=out, epochs=epochs, seed=seed, image_size=image_size)
     typer.echo(result.summary())
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option(help="ONNX generator.")],
-    data: Annotated[Path, typer.Option(help="Cache with the real images.")],
-    out: Annotated[Path, typer.Option(help="Report folder.")],
+    model: Annotated[Path | None, typer.Option(help="ONNX generator.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Cache with the real images.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder.")] = None,
     classifier: Annotated[Path | None, typer.Option(help="Classifier folder or ONNX feature model.")] = None,
     split: Annotated[str, typer.Option(help="Held-out real split to compare with.")] = "val",
     n_per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 200,
@@ -277,6 +332,7 @@ def evaluate(
     """Measure realism, label fidelity, diversity, copying."""
     from .evaluation.report import evaluate as run_evaluate
 
+    _require("evaluate", model=model, data=data, out=out)
     if min_heldout < 2:
         raise CxrError(f"--min-heldout {min_heldout}: use at least 2 (50 or more for numbers that mean something)")
     result = run_evaluate(model=model, data=data, out=out, classifier=classifier, split=split,
@@ -286,8 +342,8 @@ def evaluate(
 
 @app.command()
 def downstream(
-    data: Annotated[Path, typer.Option(help="Cache with the real images and splits.")],
-    synthetic: Annotated[Path, typer.Option(help="mixed.csv or Data_Entry_2017.csv from augment.")],
+    data: Annotated[Path | None, typer.Option(help="Cache with the real images and splits.")] = None,
+    synthetic: Annotated[Path | None, typer.Option(help="mixed.csv or Data_Entry_2017.csv from augment.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the JSON result.")] = None,
     seeds: Annotated[int, typer.Option(help="Training seeds per arm.")] = 3,
     epochs: Annotated[int, typer.Option(help="Epochs per classifier.")] = 10,
@@ -295,6 +351,7 @@ def downstream(
     """Does synthetic data help a classifier on real patients?"""
     from .evaluation.downstream import downstream as run_downstream
 
+    _require("downstream", data=data, synthetic=synthetic)
     result = run_downstream(data=data, synthetic=synthetic, out=out, seeds=seeds, epochs=epochs)
     typer.echo(result.summary())
 

@@ -1,7 +1,8 @@
 """``cxraug demo``: the whole pipeline on an embedded default, in minutes on 2 CPU cores.
 
 phantom data set -> cache -> smoke-32 training -> ONNX export -> class-balanced augmentation ->
-contact sheet. Each finished step is recorded in ``demo.json``, so a rerun after an interruption
+evaluation report (realism, label fidelity, diversity, copying; the point of the tour) -> contact
+sheet. Each finished step is recorded in ``demo.json``, so a rerun after an interruption
 continues where it stopped instead of starting over.
 """
 
@@ -21,6 +22,7 @@ from .io_utils import write_json_atomic
 DEMO_RECIPE = "smoke-32"
 PHANTOM_SIZE = 64
 CACHE_SIZE = 32
+EVAL_PER_CLASS = 50  # synthetic images per class for the demo's report
 
 
 @dataclass
@@ -29,14 +31,22 @@ class DemoResult:
     steps: dict[str, float] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
     contact_sheet: Path | None = None
+    report: Path | None = None
 
     def summary(self) -> str:
         total = sum(self.steps.values())
         timing = ", ".join(f"{k} {v:.0f}s" for k, v in self.steps.items())
         return "\n".join(
             ["cxraug demo finished", *self.lines, f"time: {total:.0f}s ({timing})",
-             f"contact sheet: {self.contact_sheet}"]
+             f"report: {self.report}", f"contact sheet: {self.contact_sheet}"]
         )
+
+
+def _warnings(flags: list[str]) -> str:
+    if not flags:
+        return "no warnings"
+    first = flags[0] if len(flags[0]) <= 90 else flags[0][:87] + "..."
+    return f"{len(flags)} warning(s), first: {first}"
 
 
 def _load_state(path: Path) -> dict:
@@ -117,6 +127,17 @@ def run_demo(
                 resume=aug.exists(), progress=progress)
 
     step("augment", augment_step)
+    report = out / "report"
+
+    def evaluate_step() -> None:
+        from .evaluation.report import evaluate
+
+        evaluate(model=model, data=cache, out=report, n_per_class=EVAL_PER_CLASS, run=run_dir,
+                 progress=progress)
+
+    step("evaluate", evaluate_step)
+    result.report = report / "report.html"
+    verdict = json.loads((report / "report.json").read_text())
 
     result.contact_sheet = write_contact_sheet(model, cache, out / "contact_sheet.png")
     manifest = json.loads((aug / "manifest.json").read_text())
@@ -128,6 +149,7 @@ def run_demo(
         f"run:          {run_dir}",
         f"generator:    {model}",
         f"augmented:    {aug} (provider {manifest.get('provider', '?')})",
+        f"evaluated:    {report / 'report.html'} ({_warnings(verdict.get('flags', []))})",
     ]
     result.lines.append("per class in the training split (real + synthetic = total):")
     for c in manifest.get("classes", []):

@@ -93,8 +93,8 @@ def test_plan_counts() -> None:
         plan_counts(real, ["A"], -5, None)
     with pytest.raises(CxrError, match="positive"):
         plan_counts(real, ["A"], None, 0)
-    with pytest.raises(CxrError, match="--real-csv"):
-        plan_counts(None, ["A"], 5, None)
+    # no real data: every class is topped up from zero
+    assert plan_counts(None, ["A", "B"], 5, None) == {"A": 5, "B": 5}
 
 
 # ------------------------------------------------------------------------------ counts
@@ -176,6 +176,62 @@ def test_counts_from_a_cache_training_split(phantom_cache: Path, tmp_path: Path)
     assert mixed["Finding Labels"].value_counts().to_dict() == dict.fromkeys(names, target)
 
 
+def test_mixed_csv_from_a_cache_opens_every_path_and_keeps_every_column(
+        phantom_cache: Path, phantom_dir: Path, tmp_path: Path) -> None:
+    """No --real-root: the real images are found under the cache's data root; mixed.csv loads
+    with plain pandas, every Path opens from the CSV's folder, real rows keep NIH's columns."""
+    from cxraug.data.cache import CacheReader
+
+    with CacheReader(phantom_cache) as cache:
+        names = list(cache.class_names)
+    model = make_generator(tmp_path / "g.onnx", classes=names, meta={"view": "PA"})
+    out = tmp_path / "aug"
+    result = run(model, out, data=phantom_cache, per_class=2, output_size=32)
+    assert result.real_missing == 0 and not result.notes
+    mixed = pd.read_csv(out / "mixed.csv")
+    for path, synthetic in zip(mixed["Path"], mixed["Synthetic"], strict=True):
+        with Image.open(os.path.join(out, path)) as im:  # relative to the CSV, or absolute
+            assert im.mode == "L" and (im.size == (32, 32)) == bool(synthetic)
+    as_text = pd.read_csv(out / "mixed.csv", dtype=str)  # as written: "63", not 63.0
+    real = as_text[as_text["Synthetic"] == "0"].set_index("Image Index")
+    source = read_nih_csv(phantom_dir / "Data_Entry_2017.csv").set_index("Image Index")
+    for column in ("Follow-up #", "Patient Age", "Patient Gender", "View Position",
+                   "OriginalImage Width"):
+        assert real[column].notna().all(), column
+        assert (real[column].astype(str) == source.loc[real.index, column].astype(str)).all()
+    # synthetic rows carry the generator's training view, so default NIH view filters keep them
+    assert (mixed.loc[mixed["Synthetic"] == 1, "View Position"] == "PA").all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    real_side = int(source["OriginalImage Width"].iloc[0])
+    assert manifest["image_sizes"] == {"synthetic": [[32, 32]],
+                                       "real": [[real_side, real_side]]}
+    assert manifest["view"] == "PA"
+
+
+def test_view_option_and_missing_real_images_are_said(phantom_cache: Path, tmp_path: Path
+                                                      ) -> None:
+    from cxraug.data.cache import CacheReader
+
+    with CacheReader(phantom_cache) as cache:
+        names = list(cache.class_names)
+    model = make_generator(tmp_path / "g.onnx", classes=names, meta={"view": "PA"})
+    moved = tmp_path / "moved.h5"  # a cache whose images are no longer where it was made
+    shutil.copy(phantom_cache, moved)
+    import h5py
+
+    with h5py.File(moved, "r+") as h5:
+        h5.attrs["data_root"] = str(tmp_path / "gone")
+    result = run(model, tmp_path / "aug", data=moved, per_class=1, view="ap")
+    assert result.real_missing == result.real_rows + result.real_missing > 0
+    assert any("not found" in n and "--real-root" in n for n in result.notes)
+    synth = read_nih_csv(tmp_path / "aug" / "Data_Entry_2017.csv")
+    assert (synth["View Position"] == "AP").all()
+    mixed = pd.read_csv(tmp_path / "aug" / "mixed.csv")
+    assert (mixed["Synthetic"] == 1).all()  # rows whose image cannot be found are left out
+    with pytest.raises(CxrError, match="--view"):
+        run(model, tmp_path / "aug2", per_class=1, view="LATERAL")
+
+
 def test_wrong_real_root_is_refused_before_anything_is_written(nih_sample: Path, model: Path,
                                                               tmp_path: Path) -> None:
     empty = tmp_path / "empty"
@@ -215,7 +271,15 @@ def test_nih_csv_layout_and_mixed_csv(nih_sample: Path, model: Path, tmp_path: P
     assert sorted(syn["Image Index"]) == on_disk
     assert all((out / p).is_file() for p in syn["Path"])
     real = mixed[mixed["Synthetic"] == 0]
-    assert (real["Path"] == real["Image Index"]).all()  # no real_root: the names
+    # no real_root: the real PNGs are found under the CSV's folder, as `prepare` finds them
+    assert len(real) == result.real_rows > 100 and result.real_missing == 0
+    assert all(os.path.isabs(p) and Path(p).is_file() for p in real["Path"])
+    source = read_nih_csv(nih_sample / "Data_Entry_2017.csv").set_index("Image Index")
+    got = pd.read_csv(out / "mixed.csv", dtype=str, keep_default_na=False)
+    got = got[got["Synthetic"] == "0"].set_index("Image Index")
+    for column in ("Follow-up #", "Patient ID", "View Position", "Patient Age"):
+        want = source.loc[got.index, column].astype("string").fillna("")
+        assert (got[column] == want).all(), column
     manifest = json.loads((out / "manifest.json").read_text())
     from cxraug.io_utils import sha256_file
 
@@ -330,7 +394,6 @@ def test_job_folder_rules(model: Path, tmp_path: Path) -> None:
         ({"per_class": 0}, "positive"),
         ({"per_class": 3, "target_per_class": 3}, "exactly one"),
         ({}, "exactly one"),
-        ({"target_per_class": 10}, "--real-csv"),
         ({"per_class": 1, "classes": ["Effusoin"]}, "did you mean 'Effusion'.*Pneumothorax"),
         ({"per_class": 1, "classes": ["Cardiomegaly"]}, "model's classes: No Finding"),
         ({"per_class": 1, "shard": "3/2"}, "--shard"),

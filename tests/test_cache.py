@@ -267,6 +267,30 @@ def test_view_filter_and_official_lists(small_set: tuple[Path, Path], tmp_path: 
         test = set(cache.image_index[cache.split == "test"])
         assert test == {n for n in test_names if n in set(cache.image_index)} and test
         assert cache.attrs["options"]["test_list"]["name"] == "test_list.txt"
+        assert cache.view("train") == "PA"  # prepare --view decides
+
+
+def test_view_counts_per_split_give_the_training_view(small_set: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    """Without --view the cache counts View Position per split; its training view is the most
+    common recorded one, which export writes into the generator and augment into its rows."""
+    root, csv_path = small_set
+    out = tmp_path / "all.h5"
+    run(root, csv_path, out, size=8, classes=["No Finding", "Mass", "Nodule", "Effusion"],
+        multi_label="keep", val_fraction=0.2, test_fraction=0.2)
+    rows = pd.read_csv(csv_path)
+    view = dict(zip(rows["Image Index"], rows["View Position"], strict=True))
+    with CacheReader(out) as cache:
+        counts = cache.attrs["view_counts"]
+        for split in ("train", "val", "test"):
+            names = cache.image_index[cache.split == split]
+            want = pd.Series([view[n] for n in names]).value_counts().to_dict()
+            assert counts[split] == want, split
+        assert cache.view("train") == "PA"  # 2 of 3 rows are PA
+    assert cache_mod.main_view({}, {"train": {"": 9, "AP": 2, "PA": 1}}) == "AP"
+    assert cache_mod.main_view({}, {"train": {"": 9}}) == ""  # nothing recorded
+    assert cache_mod.main_view({}, None) == ""  # a cache from before view counts
+    assert cache_mod.main_view({"view": "ap"}, {"train": {"PA": 5}}) == "AP"
 
 
 def test_cli_prepare_info_and_errors(small_set: tuple[Path, Path], tmp_path: Path,

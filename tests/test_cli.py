@@ -59,3 +59,45 @@ def test_cli_import_does_not_load_tensorflow() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "missing"), [
+    (["train"], "--data, --out"),
+    (["prepare"], "DATA_ROOT, --csv"),
+    (["evaluate", "--data", "c.h5"], "--model, --out"),
+    (["export-onnx"], "--run, --out"),
+    (["downstream"], "--data, --synthetic"),
+    (["augment", "--per-class", "3"], "--out"),
+    (["info"], "CACHE"),
+])
+def test_missing_options_are_named_together_with_a_working_example(
+        argv: list[str], missing: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from cxraug.cli import EXAMPLES
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"missing {missing}; for example: {EXAMPLES[argv[0]]}" in err
+    if argv[0] == "train":  # no cache yet: say how to make one, or how to try phantoms
+        assert "cxraug prepare" in err and "cxraug demo-data" in err
+
+
+@pytest.mark.slow
+def test_resume_reads_the_runs_own_recipe_and_cache(smoke_run, tmp_path, capsys) -> None:
+    """`train --resume --out RUN` needs neither --data nor --recipe again."""
+    import shutil
+
+    from cxraug.training.run import read_run_json
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "4"]) == 0, \
+        capsys.readouterr().err
+    info = read_run_json(run)
+    # resumed (a second session) with the run's own recipe, to the new length
+    assert len(info["sessions"]) == 2 and info["sessions"][-1]["resumed_from"]
+    assert info["epochs"] == 4 and info["recipe_name"] == "smoke-32"
+    # a folder that is no run cannot be resumed without the options
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "missing --data" in capsys.readouterr().err

@@ -191,6 +191,12 @@ def test_smoke_export_contract_metadata_and_parity(smoke_run: Path, smoke_onnx: 
     assert meta["recipe_name"] == "smoke-32" and "[model]" in meta["recipe"]
     assert meta["epoch"] == "3" and int(meta["step"]) > 0
     assert meta["data_fingerprint"] == info["data"]["fingerprint"] != ""
+    # the training images' view travels cache -> run.json -> metadata (augment writes it)
+    from cxraug.data.cache import CacheReader
+
+    with CacheReader(info["data"]["path"]) as cache:
+        assert meta["view"] == info["data"]["view"] == cache.view("train") in ("PA", "AP")
+    assert meta["train_images"] == str(info["data"]["images"])
     assert meta["cxraug_version"]
     assert datetime.fromisoformat(meta["exported_at"].replace("Z", "+00:00")).tzinfo
     assert model.producer_name == "cxraug" and "generator" in model.doc_string

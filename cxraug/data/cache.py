@@ -396,9 +396,37 @@ def _write_metadata(h5: h5py.File, table: LabelTable, kept: np.ndarray, options:
         "data_root": str(Path(data_root).resolve()),
         "n_skipped": int(n_skipped),
         "dropped_by_policy": json.dumps(table.dropped),
+        "view_counts": json.dumps(view_counts(table.frame, kept, table.split[kept])),
     }
     for key, value in attrs.items():
         h5.attrs[key] = value
+
+
+def view_counts(frame: Any, kept: np.ndarray, split_codes: np.ndarray) -> dict[str, dict[str, int]]:
+    """``View Position`` counts of the cached images per split (``""``: not recorded), so a
+    generator can say which view it was trained on (``augment`` writes it into synthetic rows)."""
+    from .nih import VIEW_POSITION
+
+    if VIEW_POSITION in frame.columns:
+        views = frame[VIEW_POSITION][kept].astype("string").fillna("").str.strip().str.upper()
+        views = views.to_numpy(dtype=object)
+    else:
+        views = np.full(int(np.count_nonzero(kept)), "", dtype=object)
+    out: dict[str, dict[str, int]] = {}
+    for code, name in enumerate(SPLIT_NAMES):
+        names, counts = np.unique(views[split_codes == code].astype(str), return_counts=True)
+        out[name] = {str(k): int(v) for k, v in zip(names, counts, strict=True)}
+    return out
+
+
+def main_view(options: dict[str, Any], counts: dict[str, dict[str, int]] | None,
+              split: str = "train") -> str:
+    """The view a split's images show: ``prepare --view`` when given, else the most common
+    recorded view of the split ("" when none is recorded or the cache predates view counts)."""
+    if options.get("view"):
+        return str(options["view"]).upper()
+    known = {k: v for k, v in (counts or {}).get(split, {}).items() if k}
+    return max(sorted(known), key=lambda k: known[k]) if known else ""
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -436,7 +464,8 @@ class CacheReader:
                 raise CxrError(f"{self.path}: incomplete cxraug cache (no {', '.join(missing)}); "
                                "rerun `cxraug prepare --overwrite`")
             self.attrs: dict[str, Any] = {k: _attr(v) for k, v in self._h5.attrs.items()}
-            for key in ("class_names", "options", "split_names", "dropped_by_policy"):
+            for key in ("class_names", "options", "split_names", "dropped_by_policy",
+                        "view_counts"):
                 if isinstance(self.attrs.get(key), str):
                     self.attrs[key] = json.loads(self.attrs[key])
             self.class_names: list[str] = list(self.attrs["class_names"])
@@ -444,6 +473,7 @@ class CacheReader:
             self.fingerprint = str(self.attrs["fingerprint"])
             self.multi_label = str(self.attrs.get("multi_label", "drop"))
             self.split_names: list[str] = list(self.attrs.get("split_names", SPLIT_NAMES))
+            self.options: dict[str, Any] = dict(self.attrs.get("options") or {})
             self._images = self._h5["images"]
             self.labels = self._h5["label"][()].astype(np.int16)
             self.multi_hot = self._h5["multi_hot"][()].astype(np.uint8)
@@ -477,6 +507,10 @@ class CacheReader:
     def images(self) -> h5py.Dataset:
         """The raw ``images`` dataset (for streaming readers that slice it themselves)."""
         return self._images
+
+    def view(self, split: str = "train") -> str:
+        """The View Position a split's images show ("" when unknown); see :func:`main_view`."""
+        return main_view(self.options, self.attrs.get("view_counts"), split)
 
     def indices(self, split: str) -> np.ndarray:
         """Row numbers of one split (``train``, ``val`` or ``test``), ascending."""

@@ -426,6 +426,14 @@ class EvaluateResult:
 
 
 # ---------------------------------------------------------------------------------- evaluate
+def _sha256_or_none(model: Any) -> str | None:
+    """The generator file's sha256, so a report names exactly what it measured."""
+    from ..io_utils import sha256_file
+
+    return sha256_file(model) if isinstance(model, (str, os.PathLike)) and Path(
+        model).is_file() else None
+
+
 def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
              classifier: str | os.PathLike | None = None, split: str = "val",
              n_per_class: int = 200, run: str | os.PathLike | None = None, seed: int = 0,
@@ -669,7 +677,8 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
         "format": "cxraug-evaluate-1", "cxraug_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": time.time() - started,
-        "generator": gen.source, "data": str(data), "data_fingerprint": fingerprint,
+        "generator": gen.source, "generator_sha256": _sha256_or_none(model),
+        "data": str(data), "data_fingerprint": fingerprint,
         "classifier": classifier_desc, "split": split, "n_per_class": n_per_class, "seed": seed,
         "min_heldout": min_heldout,
         "image_size": size, "classes": per_class, "overall": overall,

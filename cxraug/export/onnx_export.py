@@ -947,6 +947,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str |
         "recipe_name": recipe.name,
         "arch": recipe.model.arch,
         "data_fingerprint": loaded.data_fingerprint or "",
+        "view": getattr(loaded, "view", "") or "",
+        "train_images": str(getattr(loaded, "n_images", 0) or ""),
         "epoch": str(loaded.epoch),
         "step": str(loaded.step),
         "checkpoint": loaded.checkpoint,

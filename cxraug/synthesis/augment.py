@@ -21,10 +21,15 @@ the ``--label`` options). Up to 100 codes and 100 million images per target.
 
 CSV columns. ``Finding Labels``: the generated label (``A|B`` for combinations, in NIH's
 alphabetical order); ``Follow-up #`` and ``Patient ID`` from the name; ``OriginalImage Width`` /
-``Height``: the written size; age, gender, view position and pixel spacing are left empty (a
-generator has none). ``mixed.csv`` ``Path``: synthetic rows relative to the output folder (so the
-folder can move); real rows ``real_root/<found path>`` (or just the ``Image Index`` without
-``real_root``). Join it to the folder holding mixed.csv (``os.path.join`` keeps absolute paths).
+``Height``: the written size; ``View Position``: the view of the generator's training images
+(its metadata ``view``, or ``view=``); age, gender and pixel spacing are left empty (a generator
+has none). ``mixed.csv`` ``Path``: synthetic rows relative to the output folder (so the folder can
+move); real rows the absolute path of the real PNG, found under ``real_root`` or, without it,
+under the real CSV's folder (``real_csv``) or the cache's data root (``data``) the way ``prepare``
+finds images; real images that cannot be found are left out of mixed.csv and counted
+(``real_missing``). Real rows keep every NIH column (a cache's rows are completed from the CSV it
+was prepared from, when that file is still there). Join ``Path`` to the folder holding mixed.csv
+(``os.path.join`` keeps absolute paths).
 
 Determinism. The latent vector of image ``k`` of a target comes from a counter-based Philox
 stream keyed by ``(seed, target)`` at counter ``k * 2**128``: it depends only on (seed, target, k),
@@ -48,8 +53,8 @@ file with a final name is always complete. ``job.json`` is written before any im
 rewritten atomically after every class, on Ctrl-C and at the end, from the set of files on disk;
 after a kill -9 they may list fewer images than the folder holds until ``--resume`` finishes the
 job (it validates every file's PNG signature and IEND trailer, regenerates broken ones and removes
-stale temporary files). Real counts: ``target_per_class`` needs them (``real_csv`` or ``data``);
-without real data it is an error rather than a silent "0 real images".
+stale temporary files). Real counts: ``target_per_class`` counts the real images of ``real_csv``
+or ``data``; with neither, every class is topped up from zero (and ``augment`` says so).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..data.labels import VIEWS
 from ..errors import CxrError
 from ..io_utils import sha256_file, write_json_atomic, write_text_atomic
 from .generator import OnnxGenerator, to_uint8
@@ -211,9 +217,7 @@ def plan_counts(real: dict[str, int] | None, names: Sequence[str],
     assert target_per_class is not None
     if target_per_class <= 0:
         raise CxrError(f"--target-per-class {target_per_class}: give a positive number of images")
-    if real is None:
-        raise CxrError("--target-per-class counts the real images per class: give --real-csv "
-                       "(e.g. Data_Entry_2017.csv) or --data (a cache), or use --per-class N")
+    real = real or {}  # no real data: every class is topped up from zero
     return {n: max(0, int(target_per_class) - int(real.get(n, 0))) for n in names}
 
 
@@ -231,6 +235,7 @@ class RealData:
     rows: pd.DataFrame  # canonical NIH columns (at least Image Index, Finding Labels)
     class_names: list[str]
     multi_hot: np.ndarray  # uint8 [N, C] over class_names
+    root: Path | None = None  # where to look for the real PNGs when no real_root is given
 
     def count(self, classes: Sequence[str]) -> int:
         """Images for a target: a class's column sum, or exact matches for a combination."""
@@ -256,7 +261,8 @@ def _real_from_csv(path: Path, class_names: list[str], multi_label: str,
         wanted = np.array(sorted(read_name_list(split_list)), dtype=object)
         table = table.subset(np.isin(table.image_index, wanted))
     return RealData(source=str(path), rows=table.frame, class_names=list(table.class_names),
-                    multi_hot=np.asarray(table.multi_hot, dtype=np.uint8))
+                    multi_hot=np.asarray(table.multi_hot, dtype=np.uint8),
+                    root=path.resolve().parent)
 
 
 def _real_from_cache(path: Path) -> RealData:
@@ -271,22 +277,59 @@ def _real_from_cache(path: Path) -> RealData:
         hot = np.asarray(cache.multi_hot)[train].astype(np.uint8)
         index = np.asarray(cache.image_index, dtype=object)[train]
         pids = np.asarray(cache.patient_ids)[train]
+        source_csv = Path(str(cache.attrs.get("csv_path", "")))
+        data_root = cache.attrs.get("data_root")
     order = np.argsort(names)  # NIH writes labels alphabetically
     labels = ["|".join(names[j] for j in order if row[j]) for row in hot]
     rows = pd.DataFrame({IMAGE_INDEX: [str(x) for x in index], FINDING_LABELS: labels,
                          PATIENT_ID: pd.array(pids, dtype="Int64")})
-    return RealData(source=f"{path} (train split)", rows=rows, class_names=names, multi_hot=hot)
+    rows = _with_source_columns(rows, source_csv)
+    return RealData(source=f"{path} (train split)", rows=rows, class_names=names, multi_hot=hot,
+                    root=Path(str(data_root)) if data_root else None)
+
+
+def _with_source_columns(rows: pd.DataFrame, source_csv: Path) -> pd.DataFrame:
+    """A cache keeps labels and patient ids only: the other NIH columns (follow-up, age, sex,
+    view, size, spacing) come from the CSV it was prepared from, when that file is still there.
+    ``Finding Labels`` stays the cache's (the labels as the class policy kept them)."""
+    from ..data.labels import read_nih_csv
+    from ..data.nih import FINDING_LABELS, IMAGE_INDEX
+
+    if not source_csv.name or not source_csv.is_file():
+        return rows
+    try:
+        full = read_nih_csv(source_csv)
+    except CxrError:
+        return rows
+    full = full.drop_duplicates(IMAGE_INDEX).drop(columns=[FINDING_LABELS], errors="ignore")
+    extra = [c for c in full.columns if c not in rows.columns or c == IMAGE_INDEX]
+    return rows.merge(full[extra], on=IMAGE_INDEX, how="left")
 
 
 def _real_paths(real: RealData, root: Path) -> list[str]:
-    """Each real row's file under ``root`` (the same escape-safe lookup as ``prepare``)."""
+    """Each real row's file under ``root`` as an absolute path, "" when it is not there (the
+    same escape-safe lookup as ``prepare``)."""
     from ..data.images import index_images
     from ..data.nih import IMAGE_INDEX
 
     if not root.is_dir():
         raise CxrError(f"--real-root {root}: not a folder; give the folder holding the real PNGs")
     index = index_images(root)
-    return [index.lookup(n)[0] or "" for n in real.rows[IMAGE_INDEX].astype(str)]
+    found = (index.lookup(n)[0] for n in real.rows[IMAGE_INDEX].astype(str))
+    return [os.path.abspath(p) if p else "" for p in found]
+
+
+def _image_sizes(paths: Iterable[str], limit: int = 20) -> list[list[int]]:
+    """Distinct ``[width, height]`` of up to ``limit`` images (headers only: cheap)."""
+    from PIL import Image
+
+    sizes: set[tuple[int, int]] = set()
+    for n, p in enumerate(p for p in paths if p):
+        if n >= limit:
+            break
+        with contextlib.suppress(OSError), Image.open(p) as im:
+            sizes.add((int(im.size[0]), int(im.size[1])))
+    return [list(s) for s in sorted(sizes)]
 
 
 # ----------------------------------------------------------------------------- result
@@ -306,6 +349,7 @@ class AugmentResult:
     paths: dict[str, Path] = field(default_factory=dict)
     real_rows: int = 0
     real_missing: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -315,7 +359,7 @@ class AugmentResult:
     def summary(self) -> str:
         i, n = self.shard
         width = max([len("class")] + [len(t["name"]) for t in self.targets])
-        lines = [f"augment: {len(self.targets)} target(s), provider {self.provider}"
+        lines = [*self.notes, f"augment: {len(self.targets)} target(s), provider {self.provider}"
                  + (f", shard {i}/{n}" if n > 1 else ""),
                  f"  {'class':{width}s} {'real':>8s} {'target':>8s} {'generate':>9s} "
                  f"{'on disk':>8s}"]
@@ -520,13 +564,14 @@ def _write_batch(images: np.ndarray, paths: list[Path], ks: list[int],
 
 
 def _synthetic_rows(targets: list[Target], present: dict[int, set[int]], keep: Any,
-                    size: int, layout: str) -> pd.DataFrame:
+                    size: int, layout: str, view: str = "") -> pd.DataFrame:
     from ..data.nih import (
         FINDING_LABELS,
         FOLLOW_UP,
         HEIGHT,
         IMAGE_INDEX,
         PATIENT_ID,
+        VIEW_POSITION,
         WIDTH,
     )
 
@@ -543,7 +588,9 @@ def _synthetic_rows(targets: list[Target], present: dict[int, set[int]], keep: A
     pid = np.array([int(n[:8]) for n in names], dtype=np.int64)
     fu = np.array([int(n[9:12]) for n in names], dtype=np.int64)
     return pd.DataFrame({IMAGE_INDEX: names, FINDING_LABELS: labels, FOLLOW_UP: fu,
-                         PATIENT_ID: pid, WIDTH: np.full(len(names), size, dtype=np.int64),
+                         PATIENT_ID: pid, VIEW_POSITION: pd.array([view or pd.NA] * len(names),
+                                                                  dtype="string"),
+                         WIDTH: np.full(len(names), size, dtype=np.int64),
                          HEIGHT: np.full(len(names), size, dtype=np.int64), "Path": paths})
 
 
@@ -578,7 +625,7 @@ def _mixed_synthetic_text(synth: pd.DataFrame) -> str:
 
 
 def augment(
-    model: str | os.PathLike,
+    model: str | os.PathLike | None,
     out: str | os.PathLike,
     real_csv: str | os.PathLike | None = None,
     data: str | os.PathLike | None = None,
@@ -590,6 +637,7 @@ def augment(
     labels: Sequence[str] | None = None,
     multi_label: str = "drop",
     output_size: int | None = None,
+    view: str | None = None,
     layout: str = "flat",
     device: str = "auto",
     seed: int = 0,
@@ -605,14 +653,26 @@ def augment(
 ) -> AugmentResult:
     """Generate a class-balanced synthetic NIH-format data set (see the module docstring).
 
+    ``view``: the synthetic rows' ``View Position`` (default: the generator's training view).
     ``threads``/``spinning``: onnxruntime intra-op threads (default: every core) and whether idle
     ones busy-wait (off: the PNG writer threads and anything else on the machine need those
     cycles; benchmarks/augment.py measures both).
     """
     from ..data.nih import write_nih_csv
+    from .generator import DEFAULT_MODEL
 
     started = time.perf_counter()
-    model, out = Path(model), Path(out)
+    notes: list[str] = []
+    if model is None:
+        if not DEFAULT_MODEL.is_file():
+            raise CxrError(f"the default generator {DEFAULT_MODEL} is missing from this install; "
+                           "reinstall cxraug or give --model MODEL.onnx")
+        notes.append(f"using the default generator {DEFAULT_MODEL} (64x64, trained on the "
+                     "401-image NIH sample; see exported_models/README.md); --model for another")
+    model, out = Path(model or DEFAULT_MODEL), Path(out)
+    if target_per_class is not None and real_csv is None and data is None:
+        notes.append(f"no real data given (--real-csv or --data): every class is topped up "
+                     f"from 0 to {target_per_class} synthetic images")
     # ---- options that need nothing loaded
     if layout not in LAYOUTS:
         raise CxrError(f"--layout {layout!r}: expected flat or class-folders")
@@ -631,10 +691,15 @@ def augment(
                        "cache already has its training split)")
     if real_root is not None and real_csv is None and data is None:
         raise CxrError("--real-root locates the real images of --real-csv or --data; give one")
+    if view is not None and view.strip().upper() not in ("", *VIEWS):
+        raise CxrError(f"--view {view!r}: expected one of {', '.join(VIEWS)} (or '' for none)")
     shard_i, shard_n = parse_shard(shard)
     # the count options' errors, before the (slow) model load: plan_counts raises them
     plan_counts(None if real_csv is None and data is None else {}, [], target_per_class,
                 per_class)
+    if progress:  # the options are valid: say what the run will do before anything slow
+        for note in notes:
+            print(note, file=sys.stderr)
 
     # ---- model, targets, real counts
     gen = OnnxGenerator(model, device=device, threads=threads, spinning=spinning)
@@ -659,23 +724,36 @@ def augment(
             raise CxrError(f"{t.name}: {t.count:,} images exceed the naming scheme's "
                            f"{MAX_PER_TARGET:,} per class")
     size = int(output_size or gen.image_size)
+    view = gen.view if view is None else view.strip().upper()
     model_sha = sha256_file(model)
     spec = {
         "format": JOB_FORMAT, "model_sha256": model_sha, "seed": int(seed),
         "image_size": size, "model_image_size": gen.image_size, "layout": layout,
-        "label_mode": gen.label_mode,
+        "label_mode": gen.label_mode, "view": view,
         "png": {"filter": "up", "zlib_level": PNG_LEVEL, "zlib_strategy": "rle"},
         "targets": [{"name": t.name, "code": t.code, "folder": t.folder, "count": t.count}
                     for t in targets],
     }
     real_paths: list[str] | None = None
     real_missing = 0
-    if real is not None and real_root is not None:
-        real_paths = _real_paths(real, Path(real_root))
+    real_sizes: list[list[int]] = []
+    if real is not None and shard_n == 1:  # (a shard writes no mixed.csv)
+        root = Path(real_root) if real_root is not None else real.root
+        if root is not None and (real_root is not None or root.is_dir()):
+            real_paths = _real_paths(real, root)
+        else:
+            real_paths = [""] * len(real.rows)
         real_missing = sum(1 for p in real_paths if not p)
-        if real_paths and real_missing == len(real_paths):
+        if real_root is not None and real_paths and real_missing == len(real_paths):
             raise CxrError(f"--real-root {real_root}: none of the {len(real_paths):,} real images "
                            "of the label file is there; give the folder holding them")
+        if real_missing:
+            where = f"under {root}" if root is not None else "(no folder to look in)"
+            notes.append(f"{real_missing:,} of {len(real_paths):,} real images not found {where}; "
+                         "mixed.csv leaves them out (give --real-root FOLDER)")
+            if progress:
+                print(notes[-1], file=sys.stderr)
+        real_sizes = _image_sizes(real_paths)
     _prepare_out(out, spec, resume=resume, overwrite=overwrite)
 
     # ---- what is left to do
@@ -697,11 +775,11 @@ def augment(
         """CSVs (and at the end the manifest) from the files known to be on disk."""
         nonlocal real_text
         if shard_n > 1:
-            rows = _synthetic_rows(targets, present, mine, size, layout)
+            rows = _synthetic_rows(targets, present, mine, size, layout, view)
             write_nih_csv(rows, out / PARTS / f"{part_name}.csv")
             paths["part_csv"] = out / PARTS / f"{part_name}.csv"
         else:
-            rows = _synthetic_rows(targets, present, mine, size, layout)
+            rows = _synthetic_rows(targets, present, mine, size, layout, view)
             write_nih_csv(rows, out / DATA_CSV)
             if real_text is None:
                 real_text = _mixed_real_text(real, real_paths)
@@ -733,7 +811,9 @@ def augment(
             "seed": int(seed), "shard": f"{shard_i}/{shard_n}", "provider": gen.provider,
             "label_specialized_sessions": gen.specialized_labels,
             "device": device, "image_size": size, "layout": layout,
-            "label_mode": gen.label_mode,
+            "label_mode": gen.label_mode, "view": view,
+            # [width, height] of each part of mixed.csv (real: up to 20 files' headers)
+            "image_sizes": {"synthetic": [[size, size]], "real": real_sizes},
             "real_source": None if real is None else real.source, "real_rows_in_mixed": rows_real,
             "real_missing_under_root": real_missing,
             "classes": target_rows(),
@@ -750,6 +830,7 @@ def augment(
                         "real_root": None if real_root is None else str(real_root),
                         "target_per_class": target_per_class, "per_class": per_class,
                         "multi_label": multi_label, "output_size": output_size,
+                        "view": view,
                         "batch_size": batch_size, "workers": workers, "resume": resume},
             "timings": {**{k: round(v, 3) for k, v in timings.items()},
                         "wall_s": round(time.perf_counter() - started, 3),
@@ -871,5 +952,5 @@ def augment(
         targets=target_rows(), generated=generated, skipped=skipped,
         wall_s=time.perf_counter() - started, paths=dict(paths),
         real_rows=0 if real is None else len(real.rows) - real_missing,
-        real_missing=real_missing,
+        real_missing=real_missing, notes=notes,
     )

@@ -31,6 +31,9 @@ INPUTS_BY_MODE: dict[str, tuple[str, ...]] = {
     "none": ("z",),
 }
 OUTPUT_NAME = "image"
+#: The generator that ships with cxraug (installed with the package; exported_models/README.md
+#: says what it was trained on and how), used by ``augment`` when no ``--model`` is given.
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "exported_models" / "nih-sample-64.onnx"
 #: Largest difference a class-specialized session may show against the full graph (float
 #: rounding of the folded constants is ~1e-6).
 SPECIALIZE_TOL = 1e-4
@@ -250,6 +253,11 @@ class OnnxGenerator:
     def label_mode(self) -> str:
         return str(self.meta["label_mode"])
 
+    @property
+    def view(self) -> str:
+        """View Position of the training images (metadata ``view``; "" when not recorded)."""
+        return str(self.meta.get("view", "") or "")
+
     # ------------------------------------------------------------------ inference
     def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Images float32 ``[N, H, W]`` in ``[-1, 1]`` for latents ``z`` ``[N, latent]``.
@@ -420,7 +428,8 @@ def model_card(path: str | os.PathLike) -> str:
             f"image        {meta['image_size']}x{meta['image_size']}, 1 channel, "
             "float32 in [-1, 1]",
             f"trained      epoch {get('epoch')}, step {get('step')}, "
-            f"data fingerprint {get('data_fingerprint')}",
+            f"data fingerprint {get('data_fingerprint')}, {get('train_images')} images, "
+            f"view {get('view')}",
             f"exported     {get('exported_at')} by cxraug {get('cxraug_version')}",
         ]
     init_names = {t.name for t in model.graph.initializer}
@@ -433,7 +442,8 @@ def model_card(path: str | os.PathLike) -> str:
     lines.append(f"graph        {len(model.graph.node)} nodes ({top}), "
                  f"{n_params:,} parameters")
     shown = {"class_names", "latent_dim", "image_size", "label_mode", "arch", "recipe_name",
-             "epoch", "step", "data_fingerprint", "exported_at", "cxraug_version", "recipe"}
+             "epoch", "step", "data_fingerprint", "exported_at", "cxraug_version", "recipe",
+             "view", "train_images"}
     for key in sorted(set(raw) - shown):
         lines.append(f"meta         {key} = {raw[key][:200]}")
     if raw.get("recipe"):

@@ -51,6 +51,7 @@ class CacheDataset:
             self.class_names: list[str] = list(reader.class_names)
             self.size = int(reader.size)
             self.fingerprint = str(reader.fingerprint)
+            self.view = reader.view("train" if split == "all" else split)
             if split == "all":
                 indices = np.arange(reader.n, dtype=np.int64)
             else:

@@ -660,7 +660,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
             "format": "cxraug-run-1", "recipe_name": recipe.name, "arch": recipe.model.arch,
             "class_names": dataset.class_names,
             "data": {"path": str(data.resolve()), "fingerprint": dataset.fingerprint,
-                     "split": recipe.data.split, "images": dataset.n,
+                     "split": recipe.data.split, "images": dataset.n, "view": dataset.view,
                      "class_counts": dataset.class_counts.tolist(),
                      "skipped_multi_label": dataset.dropped_multi_label},
             "steps_per_epoch": dataset.steps_per_epoch, "batch_size": t.batch_size,

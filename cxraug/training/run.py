@@ -159,6 +159,8 @@ class LoadedGenerator:
     checkpoint: str
     ema: bool
     run_dir: Path
+    view: str = ""  # View Position of the training images ("" when unknown)
+    n_images: int = 0  # training images
 
     @property
     def label_mode(self) -> str:
@@ -204,5 +206,23 @@ def load_generator(run_dir: str | Path, checkpoint: str | None = None) -> Loaded
     return LoadedGenerator(
         model=generator, recipe=recipe, class_names=class_names, epoch=int(entry["epoch"]),
         step=int(entry["step"]), data_fingerprint=str(info.get("data", {}).get("fingerprint", "")),
-        checkpoint=entry["name"], ema=use_ema, run_dir=run_dir,
+        checkpoint=entry["name"], ema=use_ema, run_dir=run_dir, view=_training_view(info),
+        n_images=int(info.get("data", {}).get("images", 0) or 0),
     )
+
+
+def _training_view(info: dict[str, Any]) -> str:
+    """The run's recorded view; runs that predate it ask their cache, when it is still there."""
+    data = info.get("data", {})
+    if "view" in data:
+        return str(data["view"] or "")
+    path = Path(str(data.get("path", "")))
+    if not data.get("path") or not path.is_file():
+        return ""
+    from ..data.cache import CacheReader
+
+    try:
+        with CacheReader(path) as reader:
+            return reader.view(str(data.get("split", "train")))
+    except (CxrError, OSError):
+        return ""
