@@ -442,6 +442,20 @@ def test_kimg_budget_stops_where_it_should_and_resumes_exactly(
 
 
 @pytest.mark.slow
+def test_a_best_checkpoint_before_any_regular_one_loads(phantom_cache: Path, tmp_path: Path
+                                                        ) -> None:
+    """A budget that ends before the first regular checkpoint still leaves a usable best one."""
+    from cxraug.training.loop import train
+    from cxraug.training.run import load_generator
+
+    recipe = load_recipe("smoke-32", overrides={"train.kimg": 0.25, "train.checkpoint_every": 50,
+                                                "train.eval_every": 1, "train.eval_images": 64})
+    train(recipe, data=phantom_cache, out=tmp_path / "c", progress=False)
+    loaded = load_generator(tmp_path / "c")
+    assert loaded.checkpoint.startswith("best-") and loaded.step == 8
+
+
+@pytest.mark.slow
 def test_time_budget_is_summed_over_sessions(phantom_cache: Path, tmp_path: Path) -> None:
     from cxraug.training.loop import train
 

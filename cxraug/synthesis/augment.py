@@ -349,7 +349,8 @@ class AugmentResult:
     paths: dict[str, Path] = field(default_factory=dict)
     real_rows: int = 0
     real_missing: int = 0
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the run assumed (default model, ...)
+    notes_shown: bool = False  # already printed at the start (progress on): not repeated
 
     @property
     def counts(self) -> dict[str, int]:
@@ -359,7 +360,7 @@ class AugmentResult:
     def summary(self) -> str:
         i, n = self.shard
         width = max([len("class")] + [len(t["name"]) for t in self.targets])
-        lines = [*self.notes, f"augment: {len(self.targets)} target(s), provider {self.provider}"
+        lines = [*([] if self.notes_shown else self.notes), f"augment: {len(self.targets)} target(s), provider {self.provider}"
                  + (f", shard {i}/{n}" if n > 1 else ""),
                  f"  {'class':{width}s} {'real':>8s} {'target':>8s} {'generate':>9s} "
                  f"{'on disk':>8s}"]
@@ -815,6 +816,7 @@ def augment(
             # [width, height] of each part of mixed.csv (real: up to 20 files' headers)
             "image_sizes": {"synthetic": [[size, size]], "real": real_sizes},
             "real_source": None if real is None else real.source, "real_rows_in_mixed": rows_real,
+            "notes": notes,
             "real_missing_under_root": real_missing,
             "classes": target_rows(),
             "naming": {"patient_id": f"{SYNTH_PATIENT_BASE} + code * {CODE_STRIDE} + "
@@ -952,5 +954,5 @@ def augment(
         targets=target_rows(), generated=generated, skipped=skipped,
         wall_s=time.perf_counter() - started, paths=dict(paths),
         real_rows=0 if real is None else len(real.rows) - real_missing,
-        real_missing=real_missing, notes=notes,
+        real_missing=real_missing, notes=notes, notes_shown=progress,
     )

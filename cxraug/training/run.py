@@ -197,7 +197,9 @@ def load_generator(run_dir: str | Path, checkpoint: str | None = None) -> Loaded
         objects.pop("generator")
     ckpt = tf.train.Checkpoint(**objects)
     try:
-        status = ckpt.restore(checkpoint_prefix(run_dir, entry)).expect_partial()
+        # read (not restore): a best-<step> checkpoint written before the first regular save has
+        # no save counter, which restore() would create and then miss
+        status = ckpt.read(checkpoint_prefix(run_dir, entry)).expect_partial()
         status.assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
