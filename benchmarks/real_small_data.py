@@ -10,6 +10,8 @@ recipe and budget, with the real-vs-real reference measured in the same run:
   per-image standardized 32x32 pixels, 5-fold CV, equal numbers a side; 0.5 = indistinguishable).
   ``bal``: class-balanced synthetic images, as ``augment --per-class`` writes them; ``match``:
   one synthetic image per held-out image, drawn with that image's label (as ``evaluate`` does);
+  ``c2st own``: class-balanced synthetic images vs the sample's own patient-level test split (the
+  sample's patients, never trained on; 38 images, so a wide interval);
 * ``div``: mean pairwise pixel distance of synthetic thumbnails over that of held-out images;
 * ``copies``: share of synthetic images closer to a sample (training) image than 95% of held-out
   patients are;
@@ -71,8 +73,8 @@ def _images(cache: Path, split: str | None = None) -> tuple[np.ndarray, np.ndarr
                 np.asarray(reader.multi_hot)[rows])
 
 
-def measure(run: Path, heldout: Path, train_cache: Path, per_class: int, seed: int = 0
-            ) -> dict[str, float]:
+def measure(run: Path, heldout: Path, train_cache: Path, per_class: int, seed: int = 0,
+            own_test: np.ndarray | None = None) -> dict[str, float]:
     """The numbers of one checkpoint (the one export would use) against the held-out images."""
     from cxraug.evaluation import realism as R
     from cxraug.grid import to_uint8
@@ -126,6 +128,8 @@ def measure(run: Path, heldout: Path, train_cache: Path, per_class: int, seed: i
     return {"checkpoint": g.checkpoint, "kimg_at": g.step * g.recipe.train.batch_size / 1000,
             "c2st_bal": R.two_sample_test(bal_t, held_t, seed=seed).accuracy,
             "c2st_match": R.two_sample_test(R.thumbnails(matched), held_t[ok], seed=seed).accuracy,
+            "c2st_own": R.two_sample_test(bal_t, own_test, seed=seed).accuracy
+            if own_test is not None else float("nan"),
             "div": R.diversity_ratio(bal_t, held_t), "copies": copies.fraction,
             "swap": float(label_d / z_d), "grid": balanced}
 
@@ -156,6 +160,7 @@ def main() -> int:
     reference = _prepare(args.sample, args.work / "sample64-all.h5", all_options, 64, split=True)
     held_t = R.thumbnails(_images(heldout)[0])
     sample_t = R.thumbnails(_images(reference, "train")[0])
+    own_test = R.thumbnails(_images(reference, "test")[0])
     real = R.two_sample_test(sample_t, held_t)
     print(f"real vs real (sample training images vs held-out patients): c2st {real.accuracy:.3f}"
           f" ({real.low:.2f}-{real.high:.2f}), div {R.diversity_ratio(sample_t, held_t):.3f}, "
@@ -172,7 +177,7 @@ def main() -> int:
             tick = time.perf_counter()
             train(recipe, data=cache, out=run, resume=run.is_dir(), progress=False)
             spent += time.perf_counter() - tick
-            m = measure(run, heldout, cache, args.per_class)
+            m = measure(run, heldout, cache, args.per_class, own_test=own_test)
             grid = m.pop("grid")
             rows.append({"recipe": name, "kimg": kimg, "minutes": spent / 60, **m})
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
@@ -185,12 +190,13 @@ def main() -> int:
                     args.grids / f"real_small_data_{name}_{int(kimg)}kimg.png")
 
     print(f"\n{'recipe':16s} {'kimg':>6s} {'min':>6s} {'ckpt':>10s} {'c2st bal':>9s} "
-          f"{'c2st match':>11s} {'div':>6s} {'copies':>7s} {'swap':>6s}")
+          f"{'c2st match':>11s} {'c2st own':>9s} {'div':>6s} {'copies':>7s} {'swap':>6s}")
+    own_real = R.two_sample_test(sample_t, own_test).accuracy
     print(f"{'real vs real':16s} {'':>6s} {'':>6s} {'':>10s} {real.accuracy:9.3f} {'':>11s} "
-          f"{R.diversity_ratio(sample_t, held_t):6.3f} {'':>7s} {'':>6s}")
+          f"{own_real:9.3f} {R.diversity_ratio(sample_t, held_t):6.3f} {'':>7s} {'':>6s}")
     for r in rows:
         print(f"{r['recipe']:16s} {r['kimg']:6.0f} {r['minutes']:6.1f} {r['checkpoint']:>10s} "
-              f"{r['c2st_bal']:9.3f} {r['c2st_match']:11.3f} {r['div']:6.3f} "
+              f"{r['c2st_bal']:9.3f} {r['c2st_match']:11.3f} {r['c2st_own']:9.3f} {r['div']:6.3f} "
               f"{r['copies']:7.3f} {r['swap']:6.3f}")
     return 0
 

@@ -21,6 +21,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _process_umask() -> int:
+    """The umask, read once at import (os.umask can only read it by setting it, which is not
+    safe once writer threads run)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
+def file_mode() -> int:
+    """Permissions a new file gets under the umask, like any other tool's output (0644 under
+    022). Temporary files are created 0600; finished files get these before their rename."""
+    return 0o666 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only on success.
@@ -36,6 +53,8 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, file_mode())
         os.replace(tmp, final)
     finally:
         if tmp.exists():

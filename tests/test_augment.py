@@ -208,6 +208,26 @@ def test_mixed_csv_from_a_cache_opens_every_path_and_keeps_every_column(
     assert manifest["view"] == "PA"
 
 
+def test_outputs_follow_the_umask_like_any_other_tool(model: Path, tmp_path: Path) -> None:
+    """CSVs, manifest and images alike: a colleague can read what the umask lets them read."""
+    from cxraug.io_utils import file_mode
+
+    out = tmp_path / "aug"
+    run(model, out, per_class=1)
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777
+             for p in out.rglob("*") if p.is_file()}
+    assert {"Data_Entry_2017.csv", "mixed.csv", "manifest.json", "job.json"} <= set(modes)
+    assert set(modes.values()) == {file_mode()}, modes
+    old = os.umask(0o077)  # a private umask is honoured too (read once per process: subprocess)
+    try:
+        code = ("from cxraug.io_utils import write_text_atomic as w; import sys; "
+                "w(sys.argv[1], 'x')")
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "private.txt")], check=True)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
 def test_view_option_and_missing_real_images_are_said(phantom_cache: Path, tmp_path: Path
                                                       ) -> None:
     from cxraug.data.cache import CacheReader

@@ -101,3 +101,15 @@ def test_resume_reads_the_runs_own_recipe_and_cache(smoke_run, tmp_path, capsys)
     capsys.readouterr()
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "missing --data" in capsys.readouterr().err
+
+
+def test_the_promised_python_is_the_one_the_code_needs() -> None:
+    """recipes are read with tomllib (3.11+): pyproject and README must not promise less."""
+    from pathlib import Path
+
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"
+    assert "Python 3.11+" in (repo / "README.md").read_text()

@@ -64,7 +64,8 @@ def test_augment_without_model_in_a_fresh_process(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_non_editable_install_finds_the_default_model(tmp_path: Path) -> None:
     """Build the wheel, install it into a bare folder and look the model up from there."""
-    isolation = ["--no-build-isolation"] if _setuptools_major() >= 77 else []  # else: pip fetches it
+    # an older setuptools cannot build it: then pip fetches a new one into an isolated build
+    isolation = ["--no-build-isolation"] if _setuptools_major() >= 77 else []
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation,
                     "-w", str(tmp_path / "wheel"), str(REPO)], check=True, timeout=600)
     (wheel,) = (tmp_path / "wheel").glob("cxraug-*.whl")

@@ -191,6 +191,9 @@ def test_smoke_export_contract_metadata_and_parity(smoke_run: Path, smoke_onnx: 
     assert meta["recipe_name"] == "smoke-32" and "[model]" in meta["recipe"]
     assert meta["epoch"] == "3" and int(meta["step"]) > 0
     assert meta["data_fingerprint"] == info["data"]["fingerprint"] != ""
+    from cxraug.io_utils import file_mode
+
+    assert smoke_onnx.stat().st_mode & 0o777 == file_mode()  # others may read the model
     # the training images' view travels cache -> run.json -> metadata (augment writes it)
     from cxraug.data.cache import CacheReader
 

@@ -334,9 +334,9 @@ def prepare(
 
 def _umask_permissions(path: Path) -> None:
     """Temporary files are created 0600; give the finished cache the usual umask permissions."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    from ..io_utils import file_mode
+
+    os.chmod(path, file_mode())
 
 
 def _stream_images(stream: Iterator[tuple[int, np.ndarray | None, str]], images: h5py.Dataset,

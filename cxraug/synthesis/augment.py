@@ -360,7 +360,8 @@ class AugmentResult:
     def summary(self) -> str:
         i, n = self.shard
         width = max([len("class")] + [len(t["name"]) for t in self.targets])
-        lines = [*([] if self.notes_shown else self.notes), f"augment: {len(self.targets)} target(s), provider {self.provider}"
+        notes = [] if self.notes_shown else self.notes
+        lines = [*notes, f"augment: {len(self.targets)} target(s), provider {self.provider}"
                  + (f", shard {i}/{n}" if n > 1 else ""),
                  f"  {'class':{width}s} {'real':>8s} {'target':>8s} {'generate':>9s} "
                  f"{'on disk':>8s}"]
