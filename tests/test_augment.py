@@ -228,6 +228,18 @@ def test_outputs_follow_the_umask_like_any_other_tool(model: Path, tmp_path: Pat
     assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_label_that_cannot_be_specialized_is_said_not_hidden(
+        model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxraug.synthesis.specialize as specialize
+
+    monkeypatch.setattr(specialize, "specialize_for_label", lambda *a, **k: None)
+    result = run(model, tmp_path / "aug", per_class=2, classes=["Mass", "Nodule"])
+    assert any("2 label(s) ran on the full graph" in n and "Mass:" in n for n in result.notes)
+    manifest = json.loads((tmp_path / "aug" / "manifest.json").read_text())
+    assert manifest["label_specialized_sessions"] == 0
+    assert [f.split(":")[0] for f in manifest["full_graph_labels"]] == ["Mass", "Nodule"]
+
+
 def test_view_option_and_missing_real_images_are_said(phantom_cache: Path, tmp_path: Path
                                                       ) -> None:
     from cxraug.data.cache import CacheReader

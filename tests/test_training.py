@@ -442,6 +442,35 @@ def test_kimg_budget_stops_where_it_should_and_resumes_exactly(
 
 
 @pytest.mark.slow
+def test_ctrl_c_at_the_end_of_an_epoch_keeps_its_metrics_row(
+        phantom_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while epoch 1's grid is drawn (its steps done, its row not yet written): --resume
+    writes that row, so metrics.csv has every epoch exactly once."""
+    import cxraug.training.loop as loop
+
+    real_grid = loop.generate_grid
+    calls = {"n": 0}
+
+    def interrupted_grid(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return real_grid(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "generate_grid", interrupted_grid)
+    recipe = load_recipe("smoke-32", overrides={"train.epochs": 2, "train.sample_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(recipe, data=phantom_cache, out=tmp_path / "r", progress=False)
+    done = loop.train(recipe, data=phantom_cache, out=tmp_path / "r", resume=True,
+                      progress=False)
+    assert done.status == "finished" and done.epochs_done == 2
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv", newline="")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    spe = int(rows[0]["step"])
+    assert [int(r["step"]) for r in rows] == [spe, 2 * spe]
+
+
+@pytest.mark.slow
 def test_a_best_checkpoint_before_any_regular_one_loads(phantom_cache: Path, tmp_path: Path
                                                         ) -> None:
     """A budget that ends before the first regular checkpoint still leaves a usable best one."""

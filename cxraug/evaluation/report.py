@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,6 +158,9 @@ def _resolve_classifier(classifier: Any, out: Path, data: Path, fingerprint: str
             return ClassifierFeatures(folder), f"{folder} (reused)"
     from .classifier import train_classifier
 
+    if progress:
+        print(f"no --classifier given: training the judge on {data} with TensorFlow first "
+              f"(into {folder}; later runs on the same cache reuse it)", file=sys.stderr)
     train_classifier(data, folder, seed=seed, progress=progress)
     return ClassifierFeatures(folder), f"{folder} (trained on {data})"
 

@@ -812,6 +812,7 @@ def augment(
             "model": {"path": str(model), "sha256": model_sha, "metadata": raw_meta},
             "seed": int(seed), "shard": f"{shard_i}/{shard_n}", "provider": gen.provider,
             "label_specialized_sessions": gen.specialized_labels,
+            "full_graph_labels": list(gen.specialize_fallbacks),
             "device": device, "image_size": size, "layout": layout,
             "label_mode": gen.label_mode, "view": view,
             # [width, height] of each part of mixed.csv (real: up to 20 files' headers)
@@ -943,12 +944,21 @@ def augment(
                 k for k, name in zip(ks, names, strict=True) if name.exists())
         for bar in bars.values():
             bar.close()
-        with contextlib.suppress(Exception):
+        try:
             write_outputs(final=False)
+        except Exception as exc:  # say so, but the original error is the one to report
+            print(f"warning: could not rewrite the CSVs of {out} while stopping ({exc}); "
+                  "`--resume` rewrites them from the images on disk", file=sys.stderr)
         raise
     for bar in bars.values():
         bar.close()
     pool.shutdown(wait=True)
+    if gen.specialize_fallbacks:
+        notes.append(f"{len(gen.specialize_fallbacks)} label(s) ran on the full graph (slower, "
+                     "same images) instead of a specialized one: "
+                     + "; ".join(gen.specialize_fallbacks[:3]))
+        if progress:
+            print(f"note: {notes[-1]}", file=sys.stderr)
     write_outputs(final=True)
     return AugmentResult(
         out=out, provider=gen.provider, shard=(shard_i, shard_n), image_size=size, layout=layout,

@@ -203,6 +203,9 @@ class OnnxGenerator:
         self._proto: Any = None
         #: label bytes -> its specialized session, or None where the graph cannot be specialized
         self._label_sessions: dict[bytes, Any] = {}
+        #: why a label runs on the full (slower) graph instead of a specialized one; augment
+        #: prints and records these rather than falling back silently
+        self.specialize_fallbacks: list[str] = []
 
     # ------------------------------------------------------------------ contract checks
     def _check_io(self) -> None:
@@ -335,7 +338,7 @@ class OnnxGenerator:
             self._proto = onnx.load(str(self.path))
         special = specialize_for_label(self._proto, name, label)
         if special is None:
-            return None
+            return self._fallback(value, "the label part of the graph cannot be folded")
         threads, spinning, providers = self._session_args
         options = session_options(threads, spinning)
         if providers[0] == "CPUExecutionProvider" and _shared_cpu_arena():
@@ -350,9 +353,21 @@ class OnnxGenerator:
                 (4, self.latent_dim)).astype(np.float32)
             (full,) = self.session.run([OUTPUT_NAME], {"z": check, name: np.repeat(label, 4, 0)})
             (fast,) = session.run([OUTPUT_NAME], {"z": check})
-        except Exception:  # onnxruntime rejects the rewritten graph: keep the full one
-            return None
-        return session if float(np.max(np.abs(full - fast))) <= SPECIALIZE_TOL else None
+        except Exception as exc:  # onnxruntime rejects the rewritten graph: keep the full one
+            return self._fallback(value, f"onnxruntime rejected the specialized graph "
+                                         f"({type(exc).__name__})")
+        diff = float(np.max(np.abs(full - fast)))
+        if diff > SPECIALIZE_TOL:
+            return self._fallback(value, f"the specialized graph differs by {diff:.2g} "
+                                         f"(> {SPECIALIZE_TOL:g})")
+        return session
+
+    def _fallback(self, value: np.ndarray, reason: str) -> None:
+        what = np.asarray(value).reshape(-1)
+        label = (self.class_names[int(what[0])] if self.label_mode == "index"
+                 else "|".join(n for n, v in zip(self.class_names, what, strict=False) if v))
+        self.specialize_fallbacks.append(f"{label}: {reason}")
+        return None
 
     __call__ = generate
 

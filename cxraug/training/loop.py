@@ -695,7 +695,8 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     epochs_done = int(trainer.epoch.numpy())
     step = int(trainer.step.numpy())
     in_epoch = step - epochs_done * spe
-    if in_epoch < 0 or in_epoch >= spe:
+    # in_epoch == spe: stopped after an epoch's last step, before its metrics row was written
+    if in_epoch < 0 or in_epoch > spe:
         raise CxrError(f"--resume: checkpoint step {step} does not fit {spe} steps per epoch; "
                        "the run folder does not match this cache or batch size")
     label_pool = dataset.multi_hot.astype(np.float32) if trainer.label_key == "labels" else \
@@ -742,7 +743,8 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
         """The whole training state under best-<step>, then the older best removed (the index
         always names a complete checkpoint)."""
         trainer.run_seconds.assign(run_seconds())
-        s, e = int(trainer.step.numpy()), int(trainer.epoch.numpy())
+        s = int(trainer.step.numpy())
+        e = s // spe  # epochs completed (the counter moves only once the epoch's row is written)
         name = f"{BEST_PREFIX}-{s}"
         trainer.checkpoint.write(str(paths.checkpoints / name))
         old = [x for x in read_checkpoint_index(out) if x.get("reason") == "best"]
@@ -787,9 +789,6 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                 save_checkpoint("max_steps")
                 status = "stopped"
                 break
-            if complete:
-                trainer.epoch.assign(epoch + 1)
-                in_epoch = 0
             wall = float(trainer.epoch_wall.numpy())
             done_in_epoch = step - epoch * spe
             row = {"epoch": epoch + 1, "step": step, "kimg": step * t.batch_size / 1000.0,
@@ -816,6 +815,9 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                         f"diversity {result['diversity']:.2f}{' (best so far)' if best else ''}")
             metrics.append(row)
             _write_metrics(paths.metrics, metrics)
+            if complete:  # only now: a Ctrl-C before this point redoes the row on --resume
+                trainer.epoch.assign(epoch + 1)
+                in_epoch = 0
             with writer.as_default(step=step):
                 for key in METRIC_COLUMNS[3:]:
                     if key in row:
