@@ -16,6 +16,7 @@ import typer
 
 from . import __version__
 from .errors import CxrError
+from .quiet_tf import import_tensorflow
 
 app = typer.Typer(
     name="cxraug",
@@ -201,6 +202,9 @@ def train(
         if value is not None:
             overrides[key] = value
     resolved = load_recipe(recipe, overrides=overrides)
+    if not data.is_file():  # before TensorFlow loads (seconds)
+        raise CxrError(f"cache {data} not found; {HINTS['--data']}")
+    import_tensorflow()
     from .training.loop import train as run_train
 
     result = run_train(resolved, data=data, out=out, resume=resume)
@@ -216,9 +220,10 @@ def sample(
     seed: Annotated[int, typer.Option(help="Seed of the latent vectors.")] = 0,
 ) -> None:
     """Draw a class-by-latent sample grid from a run."""
+    _require("sample", run=run)
+    import_tensorflow()
     from .training.sampling import sample_grid
 
-    _require("sample", run=run)
     path = sample_grid(run=run, out=out, checkpoint=checkpoint, columns=columns, seed=seed)
     typer.echo(f"wrote {path}")
 
@@ -244,9 +249,10 @@ def export_onnx(
     fp16: Annotated[bool, typer.Option(help="Also write a float16 copy for GPUs.")] = False,
 ) -> None:
     """Export a run's generator to ONNX, checked against Keras."""
+    _require("export-onnx", run=run, out=out)
+    import_tensorflow()
     from .export.onnx_export import export_run
 
-    _require("export-onnx", run=run, out=out)
     result = export_run(run=run, out=out, checkpoint=checkpoint, fp16=fp16)
     typer.echo(result.summary())
 
@@ -310,9 +316,10 @@ def train_classifier(
              "to it when judged.")] = None,
 ) -> None:
     """Train the CNN used as feature space and label judge."""
+    _require("train-classifier", data=data, out=out)
+    import_tensorflow()
     from .evaluation.classifier import train_classifier as run
 
-    _require("train-classifier", data=data, out=out)
     result = run(data=data, out=out, epochs=epochs, seed=seed, image_size=image_size)
     typer.echo(result.summary())
 
@@ -365,6 +372,7 @@ def demo(
     target_per_class: Annotated[int, typer.Option(help="Balance every class up to N images.")] = 300,
 ) -> None:
     """Run the whole pipeline on phantom data (minutes, CPU)."""
+    import_tensorflow()
     from .demo import run_demo
 
     result = run_demo(out=out, n=n, epochs=epochs, target_per_class=target_per_class)

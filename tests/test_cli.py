@@ -103,6 +103,23 @@ def test_resume_reads_the_runs_own_recipe_and_cache(smoke_run, tmp_path, capsys)
     assert "missing --data" in capsys.readouterr().err
 
 
+def test_tensorflow_start_up_notices_are_not_shown() -> None:
+    """`train` with a missing cache: one error line, no TensorFlow notices (and it comes before
+    TensorFlow loads); a training command's import of TensorFlow is quiet too."""
+    proc = _run_cli("train", "--data", "nowhere.h5", "--out", "runs/x")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "cache nowhere.h5 not found" in lines[0]
+    code = ("from cxraug.quiet_tf import import_tensorflow; tf = import_tensorflow(); "
+            "print(tf.reduce_sum(tf.ones(3)).numpy())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip() == "3.0" and proc.stderr.strip() == "", proc.stderr
+    from cxraug.quiet_tf import NOISE  # what is dropped is only the known notices
+
+    assert NOISE.search("I0000 port.cc:153] oneDNN custom operations are on. You may see")
+    assert not NOISE.search("W tensorflow/core/framework/op_kernel.cc: OOM when allocating")
+
+
 def test_the_promised_python_is_the_one_the_code_needs() -> None:
     """recipes are read with tomllib (3.11+): pyproject and README must not promise less."""
     from pathlib import Path

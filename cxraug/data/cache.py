@@ -40,11 +40,11 @@ from typing import Any
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from .. import __version__
 from ..errors import CxrError
 from ..io_utils import atomic_path, sha256_file, write_text_atomic
+from ..progress import progress_bar
 from .images import index_images, load_gray
 from .labels import SPLIT_NAMES, LabelTable, load_label_table
 
@@ -346,8 +346,8 @@ def _stream_images(stream: Iterator[tuple[int, np.ndarray | None, str]], images:
     slab_n = max(1, _SLAB_BYTES // (size * size))
     buffer: list[np.ndarray] = []
     written = 0
-    bar = tqdm(total=total, desc="prepare", unit="img", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5)
+    bar = progress_bar(total=total, desc="prepare", unit="img", disable=not progress,
+                       file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
     try:
         for pos, pixels, reason in stream:
             if stop.is_set():

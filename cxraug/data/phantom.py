@@ -808,9 +808,9 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 def _progress(total: int, enabled: bool):  # noqa: ANN202 - tqdm or a no-op stand-in
     if enabled:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        return tqdm(total=total, desc="phantoms", unit="img", file=sys.stderr,
+        return progress_bar(total=total, desc="phantoms", unit="img", file=sys.stderr,
                     dynamic_ncols=True)
 
     class _Off:

@@ -156,7 +156,8 @@ def fit_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
     the patient-level early stopping the cache's val split allows."""
     tf = _quiet_tensorflow()
     import keras
-    from tqdm import tqdm
+
+    from ..progress import progress_bar
 
     if epochs < 1:
         raise CxrError(f"epochs must be at least 1, got {epochs}")
@@ -183,7 +184,8 @@ def fit_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
     best: tuple[float, int, list[float | None], list[Any]] | None = None
     history: list[dict[str, float | None]] = []
     steps = max(1, int(np.ceil(len(x_train) / batch_size)))
-    bar = tqdm(total=epochs * steps, desc=desc, unit="batch", disable=not progress, leave=False)
+    bar = progress_bar(total=epochs * steps, desc=desc, unit="batch", disable=not progress,
+                       leave=False)
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(x_train))
         losses = []

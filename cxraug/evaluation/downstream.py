@@ -57,10 +57,10 @@ def load_synthetic(csv_path: Path, class_names: list[str], size: int,
     without a ``Path`` column the image is looked up by name under that folder.
     """
     from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
 
     from ..data.labels import parse_findings, read_nih_csv
     from ..data.nih import FINDING_LABELS, IMAGE_INDEX
+    from ..progress import progress_bar
 
     if not csv_path.is_file():
         raise CxrError(f"{csv_path}: synthetic CSV not found; pass augment's mixed.csv or "
@@ -77,7 +77,7 @@ def load_synthetic(csv_path: Path, class_names: list[str], size: int,
     skipped: dict[str, int] = {}
     images, hots, names = [], [], []
     col = {c: i for i, c in enumerate(class_names)}
-    for row, labels in tqdm(list(enumerate(findings)), desc="synthetic images", unit="img",
+    for row, labels in progress_bar(list(enumerate(findings)), desc="synthetic images", unit="img",
                             disable=not progress, leave=False):
         unknown = [lab for lab in labels if lab not in col]
         if unknown or not labels:

@@ -161,6 +161,9 @@ def _resolve_classifier(classifier: Any, out: Path, data: Path, fingerprint: str
     if progress:
         print(f"no --classifier given: training the judge on {data} with TensorFlow first "
               f"(into {folder}; later runs on the same cache reuse it)", file=sys.stderr)
+    from ..quiet_tf import import_tensorflow
+
+    import_tensorflow()
     train_classifier(data, folder, seed=seed, progress=progress)
     return ClassifierFeatures(folder), f"{folder} (trained on {data})"
 
@@ -170,10 +173,10 @@ def _stream_train(reader: Any, train_idx: np.ndarray, feats: ClassifierFeatures,
                   block: int = 2048) -> np.ndarray:
     """Features of every training image, and each query's nearest training image in pixels,
     reading the training split once in blocks (memory stays bounded at NIH scale)."""
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     out = []
-    for s in tqdm(range(0, len(train_idx), block), desc="training images", unit="block",
+    for s in progress_bar(range(0, len(train_idx), block), desc="training images", unit="block",
                   disable=not progress, leave=False):
         idx = train_idx[s:s + block]
         images = np.asarray(reader.read(idx))
@@ -494,11 +497,11 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
                          "label fidelity is not measured")
 
         # ---- synthetic images: n per class, and the same-z / different-label grid
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
         z_all = rng.standard_normal((len(classes), n_per_class, gen.latent_dim)).astype(np.float32)
         synth: dict[str, np.ndarray] = {}
-        for ci, name in enumerate(tqdm(classes, desc="generating", disable=not progress,
+        for ci, name in enumerate(progress_bar(classes, desc="generating", disable=not progress,
                                        leave=False)):
             lab = np.full(n_per_class, gen.class_names.index(name), dtype=np.int64)
             synth[name] = gen(z_all[ci], lab)

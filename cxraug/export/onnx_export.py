@@ -860,7 +860,7 @@ def export_generator(model: Any, out: str | os.PathLike, metadata: dict[str, Any
     ``arch``, ``data_fingerprint``, ``epoch`` and ``step`` are recorded when given. The file at
     ``out`` (and ``<name>.fp16.onnx`` with ``fp16``) appears only after the parity check passed.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     started = time.perf_counter()
     out = Path(out)
@@ -872,7 +872,7 @@ def export_generator(model: Any, out: str | os.PathLike, metadata: dict[str, Any
     meta = build_metadata(spec, metadata)
     num_classes = max(1, len(json.loads(meta["class_names"])))
     steps = 4 + (2 if fp16 else 0)
-    bar = tqdm(total=steps, desc=f"export {out.name}", unit="step", disable=not progress,
+    bar = progress_bar(total=steps, desc=f"export {out.name}", unit="step", disable=not progress,
                file=sys.stderr, leave=False)
     try:
         bar.set_postfix_str("tf2onnx")

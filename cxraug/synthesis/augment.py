@@ -844,7 +844,7 @@ def augment(
     # ---- generate: inference on this thread, PNG encoding + writing on the pool. Batches run
     # across class boundaries, so every batch is full whatever the per-class counts; each class
     # has its own progress bar and the CSVs are rewritten whenever a class is complete.
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     work: list[tuple[int, int]] = []  # (target position, k), in CSV order
     remaining: list[int] = []
@@ -864,7 +864,7 @@ def augment(
     def bar_for(i: int) -> Any:
         """Class i's bar, opened when its first batch is submitted (started from what exists)."""
         if i not in bars:
-            bars[i] = tqdm(total=shares[i], initial=initial[i], desc=targets[i].name[:24],
+            bars[i] = progress_bar(total=shares[i], initial=initial[i], desc=targets[i].name[:24],
                            unit="img", disable=not progress, file=sys.stderr, leave=True)
         return bars[i]
 

@@ -40,11 +40,11 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from .. import __version__
 from ..errors import CxrError
 from ..io_utils import write_text_atomic
+from ..progress import progress_bar
 from .dataset import CacheDataset
 from .recipe import Recipe, load_recipe
 from .run import (
@@ -551,7 +551,7 @@ class _Run:
         self.paths = paths
         self.info = info
         self.progress = progress
-        self.bar: tqdm | None = None
+        self.bar: Any = None  # a progress bar while training runs
 
     def log(self, message: str, echo: bool = False) -> None:
         with open(self.paths.log, "a", encoding="utf-8") as handle:
@@ -758,7 +758,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                     f.unlink(missing_ok=True)
         run.save_info(best_checkpoint=name, best=entries[-1])
 
-    run.bar = tqdm(total=end_step, initial=step, disable=not progress, unit="step",
+    run.bar = progress_bar(total=end_step, initial=step, disable=not progress, unit="step",
                    file=sys.stderr, dynamic_ncols=True, desc=recipe.name)
     limit = end_step if max_steps is None else min(end_step, max_steps)
     try:
