@@ -6,7 +6,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,9 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent
+        prefix=f".{final.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=final.parent
     )
     os.close(fd)
     tmp = Path(tmp_name)
@@ -59,6 +63,46 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temporary files of ``final`` (``.NAME.PID.*.tmp*``) left by processes that
+    no longer run: a run killed with SIGKILL cannot clean up after itself; its rerun does."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+)\..*\.tmp")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(final.parent):
+            match = pattern.match(entry.name)
+            if match and entry.is_file() and not pid_alive(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """For worker processes (call it in a pool's initializer): end when the process that
+    started them is gone, so a parent killed with SIGKILL leaves no orphan working forever."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="cxraug-exit-with-parent", daemon=True).start()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

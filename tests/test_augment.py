@@ -393,6 +393,45 @@ def test_same_bytes_across_batch_sizes_workers_and_shards(model: Path, tmp_path:
     assert files(seed6)["images/90200000_000.png"] != ref_files["images/90200000_000.png"]
 
 
+def test_two_shards_at_once_into_one_folder_merge_to_the_unsharded_result(
+        model: Path, tmp_path: Path) -> None:
+    """Two shard processes run together in one --out (with --resume, so whichever starts second
+    joins the job) and neither removes the other's files in flight; the merge equals one run."""
+    kw = {"per_class": 400, "classes": ["Effusion", "Mass"], "seed": 2}
+    ref = tmp_path / "ref"
+    run(model, ref, **kw)
+    out = tmp_path / "both"
+    args = ["augment", "--model", str(model), "--out", str(out), "--per-class", "400",
+            "--classes", "Effusion,Mass", "--seed", "2", "--resume", "--device", "cpu",
+            "--batch-size", "8"]
+    procs = [subprocess.Popen(_cli(*args, "--shard", s), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for s in ("1/2", "2/2")]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    merged = run(model, out, resume=True, **kw)
+    assert merged.generated == 0 and merged.skipped == 800
+    assert files(out) == files(ref)
+
+
+def test_resume_removes_a_killed_runs_temporary_files_but_not_a_live_ones(
+        model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    run(model, out, per_class=2, classes=["Mass"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = out / "images" / f".90300000_005.png.{dead}.tmp"
+        flight = out / "images" / f".90300000_006.png.{live.pid}.tmp"
+        stale.write_bytes(b"partial")
+        flight.write_bytes(b"partial")
+        run(model, out, per_class=2, classes=["Mass"], resume=True)
+        assert not stale.exists() and flight.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
 # ------------------------------------------------------------------------------ job handling
 def test_job_folder_rules(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "aug"

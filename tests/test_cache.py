@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -206,6 +210,54 @@ def test_interrupted_run_leaves_no_cache(small_set: tuple[Path, Path], tmp_path:
         run(root, csv_path, out, size=8, workers=1)
     assert calls["n"] == 10
     assert list(tmp_path.iterdir()) == []  # neither the cache nor a temporary file
+
+
+def _children(pid: int) -> set[int]:
+    kids: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            kids |= {int(x) for x in (task / "children").read_text().split()}
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_kill_9_leaves_no_orphan_and_the_rerun_cleans_up(nih_sample: Path, tmp_path: Path
+                                                          ) -> None:
+    """SIGKILL to prepare mid-run: its decoder processes end by themselves, the rerun removes
+    the dead run's temporary cache and writes the same cache as an uninterrupted run."""
+    out = tmp_path / "k.h5"
+    code = ("import sys; from cxraug.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, "prepare", str(nih_sample),
+                             "--csv", str(nih_sample / "Data_Entry_2017.csv"), "--size", "32",
+                             "--out", str(out), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".k.h5.*.tmp*")) or len(_children(proc.pid)) < 2:
+        assert proc.poll() is None and time.time() < deadline, "prepare ended too soon"
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers):
+        assert time.time() < deadline, f"orphaned decoders still running: {workers}"
+        time.sleep(0.1)
+    assert list(tmp_path.glob(".k.h5.*.tmp*"))  # the killed run could not clean up...
+    run(nih_sample, nih_sample / "Data_Entry_2017.csv", out, size=32, workers=2)
+    assert not list(tmp_path.glob(".k.h5.*.tmp*"))  # ...its rerun did
+    ref = tmp_path / "ref.h5"
+    run(nih_sample, nih_sample / "Data_Entry_2017.csv", ref, size=32, workers=2)
+    with CacheReader(out) as a, CacheReader(ref) as b:
+        assert a.fingerprint == b.fingerprint
+        assert np.array_equal(np.asarray(a.read(np.arange(a.n))),
+                              np.asarray(b.read(np.arange(b.n))))
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def test_dead_decoder_is_a_clear_error(small_set: tuple[Path, Path], tmp_path: Path,

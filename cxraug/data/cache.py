@@ -62,9 +62,13 @@ def report_path_for(out: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------------- decoding
 def _worker_init() -> None:
-    """Decoder processes leave Ctrl-C to the parent, which stops the pool and cleans up."""
+    """Decoder processes leave Ctrl-C to the parent, which stops the pool and cleans up, and
+    end on their own when the parent is killed outright."""
+    from ..io_utils import exit_with_parent
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    exit_with_parent()
 
 
 @contextlib.contextmanager

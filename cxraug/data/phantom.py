@@ -43,6 +43,7 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import CxrError
+from ..io_utils import exit_with_parent
 from .nih import (
     FINDING_LABELS,
     FOLLOW_UP,
@@ -761,7 +762,7 @@ def make_phantom_dataset(
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() \
                 else "spawn"  # never fork: the caller may hold threads (TensorFlow, BLAS)
             ctx = multiprocessing.get_context(method)
-            with ctx.Pool(workers) as pool:
+            with ctx.Pool(workers, initializer=exit_with_parent) as pool:
                 chunk = max(1, min(16, n // (8 * workers)))
                 for _ in pool.imap(_render_job, jobs, chunksize=chunk):
                     bar.update(1)

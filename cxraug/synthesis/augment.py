@@ -53,8 +53,10 @@ file with a final name is always complete. ``job.json`` is written before any im
 rewritten atomically after every class, on Ctrl-C and at the end, from the set of files on disk;
 after a kill -9 they may list fewer images than the folder holds until ``--resume`` finishes the
 job (it validates every file's PNG signature and IEND trailer, regenerates broken ones and removes
-stale temporary files). Real counts: ``target_per_class`` counts the real images of ``real_csv``
-or ``data``; with neither, every class is topped up from zero (and ``augment`` says so).
+temporary files whose writer process is gone: shards running at once in one folder, each with
+``--resume``, keep each other's files in flight). Real counts: ``target_per_class`` counts the
+real images of ``real_csv`` or ``data``; with neither, every class is topped up from zero (and
+``augment`` says so).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ IMAGES = "images"
 
 _SYNTH_RE = re.compile(r"^9\d{7}_\d{3}\.png$")
 _TMP_RE = re.compile(r"^\..+\.tmp$")
+_TMP_PID_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
@@ -482,6 +485,24 @@ def _remove_outputs(out: Path, spec: dict[str, Any]) -> None:
         (out / JOB_FILE).unlink()
 
 
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process named in a ``.NAME.PID.tmp`` file still runs: another shard writing
+    into the same folder keeps its files in flight; a killed run's are removed."""
+    match = _TMP_PID_RE.match(tmp_name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False  # ours from an earlier attempt in this process: nothing is in flight
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
 def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> None:
     """Check ``out`` (writable; empty, or this job) and record the job before any image."""
     job = out / JOB_FILE
@@ -532,8 +553,9 @@ def _scan(out: Path, targets: list[Target], layout: str) -> dict[int, set[int]]:
             continue
         for entry in os.scandir(path):
             if _TMP_RE.match(entry.name):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)  # left by a killed run
+                if not _writer_alive(entry.name):  # left by a killed run (not a live shard's)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
                 continue
             if not _SYNTH_RE.match(entry.name):
                 continue
