@@ -177,7 +177,8 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override any field: section.key=value.")
+        list[str] | None, typer.Option("--set", metavar="<section.key=value>",
+                                       help="Override any field (repeatable).")
     ] = None,
 ) -> None:
     """Train a conditional GAN from a recipe."""
@@ -274,10 +275,10 @@ def augment(
     data: Annotated[Path | None, typer.Option(help="A cache: count its training split.")] = None,
     split_list: Annotated[Path | None, typer.Option(help="Count only images in this list (e.g. train_val_list.txt).")] = None,
     real_root: Annotated[Path | None, typer.Option(help="Folder of the real PNGs, for mixed.csv paths.")] = None,
-    target_per_class: Annotated[int | None, typer.Option(help="Top every class up to N images.")] = None,
-    per_class: Annotated[int | None, typer.Option(help="Generate exactly N images per class.")] = None,
+    target_per_class: Annotated[int | None, typer.Option(help="Top every class up to N images: N minus its real images in --real-csv or --data (without either, N). Not with --per-class.")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Generate exactly N images per class, whatever the real counts. Not with --target-per-class.")] = None,
     classes: Annotated[str | None, typer.Option(help="Comma-separated subset of the model's classes.")] = None,
-    label: Annotated[list[str] | None, typer.Option(help="A label combination, e.g. 'Effusion|Infiltration' (multi-label models).")] = None,
+    label: Annotated[list[str] | None, typer.Option(metavar="<A|B>", help="A label combination, e.g. 'Effusion|Infiltration' (multi-label models; repeatable).")] = None,
     multi_label: Annotated[MultiLabel, typer.Option(help="How real multi-label rows are counted.")] = MultiLabel.drop,
     output_size: Annotated[int | None, typer.Option(help="Resize outputs, e.g. 1024 for NIH's size (the manifest records the real images' size).")] = None,
     view: Annotated[str | None, typer.Option(help="View Position of the synthetic rows, PA or AP (default: the view the generator was trained on; '' for none).")] = None,

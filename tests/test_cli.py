@@ -120,6 +120,27 @@ def test_tensorflow_start_up_notices_are_not_shown() -> None:
     assert not NOISE.search("W tensorflow/core/framework/op_kernel.cc: OOM when allocating")
 
 
+def test_help_shows_plain_metavars_and_what_the_count_options_need() -> None:
+    for command in COMMANDS:
+        proc = _run_cli(command, "--help")
+        assert proc.returncode == 0 and "list[" not in proc.stdout, command
+    text = " ".join(_run_cli("augment", "--help").stdout.split())
+    assert "--real-csv or --data (without either, N)" in text and "Not with --per-class" in text
+
+
+def test_the_tensorboard_the_readme_promises_can_be_installed() -> None:
+    from pathlib import Path
+
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((repo / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(d.startswith("tensorboard") for d in extras["tensorboard"])
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert "pip install 'cxraug[tensorboard]'" in readme and "tensorboard --logdir runs/" in readme
+
+
 def test_the_promised_python_is_the_one_the_code_needs() -> None:
     """recipes are read with tomllib (3.11+): pyproject and README must not promise less."""
     from pathlib import Path
