@@ -65,3 +65,13 @@ def smoke_onnx(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("onnx") / "smoke.onnx"
     export_run(run=smoke_run, out=out)
     return out
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(phantom_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A judge trained on the phantom cache (evaluate's feature space and label judge)."""
+    from cxraug.evaluation.classifier import train_classifier
+
+    out = tmp_path_factory.mktemp("classifier") / "phantom"
+    train_classifier(phantom_cache, out, epochs=12, seed=0, progress=False)
+    return out

@@ -26,13 +26,6 @@ N_PER_CLASS = 16
 
 
 @pytest.fixture(scope="module")
-def classifier_dir(phantom_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("classifier") / "phantom"
-    train_classifier(phantom_cache, out, epochs=12, seed=0, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def real(phantom_cache: Path) -> dict[str, np.ndarray]:
     with CacheReader(phantom_cache) as reader:
         return {"images": reader.read(np.arange(reader.n)), "labels": np.asarray(reader.labels),
