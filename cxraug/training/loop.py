@@ -302,7 +302,10 @@ class GANTrainer:
     def _apply(self, opt: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
                variables: list[Any]) -> None:
         grads = tape.gradient(loss, variables)
-        opt.apply_gradients(zip(grads, variables, strict=True))
+        # a loss may leave some variables out (the class head on the fake half-batch): skip them
+        # rather than have Keras warn that their gradients do not exist
+        opt.apply_gradients([(g, v) for g, v in zip(grads, variables, strict=True)
+                             if g is not None])
 
     def _avg(self, per_example: tf.Tensor, global_batch: int) -> tf.Tensor:
         return tf.nn.compute_average_loss(tf.reshape(per_example, [-1]),
