@@ -123,8 +123,9 @@ def run_demo(
     def augment_step() -> None:
         from .synthesis.augment import augment
 
+        # synthetic images at the real ones' size, so mixed.csv holds one size
         augment(model=model, out=aug, data=cache, target_per_class=target_per_class,
-                resume=aug.exists(), progress=progress)
+                output_size=PHANTOM_SIZE, resume=aug.exists(), progress=progress)
 
     step("augment", augment_step)
     report = out / "report"
