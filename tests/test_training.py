@@ -331,6 +331,11 @@ def test_refuses_a_non_empty_folder_and_a_changed_recipe(
     same = load_recipe("smoke-32", overrides={"train.epochs": 3, "train.checkpoint_every": 1})
     with pytest.raises(CxrError, match="is not the one run"):
         train(same, data=other, out=smoke_run, resume=True, progress=False)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(smoke_run, damaged)
+    (damaged / "recipe.toml").unlink()
+    with pytest.raises(CxrError, match="no recipe.toml"):
+        train(same, data=phantom_cache, out=damaged, resume=True, progress=False)
 
 
 # --------------------------------------------------------------- resume and determinism

@@ -622,6 +622,9 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
             raise CxrError(f"--resume: {out} holds no run to continue; leave out --resume to "
                            "start one")
         previous = read_run_json(out)
+        if not paths.recipe.is_file():
+            raise CxrError(f"--resume: {out} has run.json but no recipe.toml (files were removed "
+                           "from it); start a new run with another --out")
         old_recipe = load_recipe(paths.recipe)
         changes = _recipe_changes(old_recipe, recipe)
         if changes:
