@@ -83,7 +83,7 @@ import pandas as pd
 from .. import __version__
 from ..data.labels import VIEWS
 from ..errors import CxrError
-from ..io_utils import sha256_file, write_json_atomic, write_text_atomic
+from ..io_utils import pid_alive, sha256_file, write_json_atomic, write_text_atomic
 from .generator import OnnxGenerator, to_uint8
 
 JOB_FORMAT = "cxraug-augment-1"
@@ -492,15 +492,8 @@ def _writer_alive(tmp_name: str) -> bool:
     if match is None:
         return False
     pid = int(match.group(1))
-    if pid == os.getpid():
-        return False  # ours from an earlier attempt in this process: nothing is in flight
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
+    # ours from an earlier attempt in this process: nothing is in flight
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> None:
