@@ -80,11 +80,11 @@ def _require(command: str, **given: object) -> None:
                for name, value in given.items() if value is None]
     if not missing:
         return
-    hint = "; ".join(HINTS[m] for m in missing if m in HINTS and command in ("train",
-                                                                              "train-classifier"))
+    # the --data hint (how to make a cache) is for the commands that train on one
+    wants_cache = command in ("train", "train-classifier")
+    hint = "; ".join(HINTS[m] for m in missing if m in HINTS and wants_cache)
     raise CxrError(f"{command}: missing {', '.join(missing)}; for example: "
                    f"{EXAMPLES[command]}" + (f"; {hint}" if hint else ""))
-
 
 
 class MultiLabel(str, Enum):
