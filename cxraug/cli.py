@@ -290,6 +290,12 @@ def augment(
     shard: Annotated[str, typer.Option(help="i/n: this machine's share of the work.")] = "1/1",
     resume: Annotated[bool, typer.Option(help="Finish an interrupted job in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a different job in --out.")] = False,
+    privacy_filter: Annotated[bool, typer.Option(help="Replace images closer to a training image than 95% of new patients are (on wherever a training reference is found: beside the model, --privacy-reference, or --data the model was trained on).")] = True,
+    privacy_reference: Annotated[Path | None, typer.Option(help="The model's training reference (MODEL.trainref.h5 from `cxraug export-onnx`).")] = None,
+    privacy_percentile: Annotated[float | None, typer.Option(help="Near-copy rule: closer than this percentile of held-out patients' distances to the training set (default 5).")] = None,
+    judge: Annotated[Path | None, typer.Option(help="Classifier folder (`cxraug train-classifier`): keep only images it rates at least as high for their class as --judge-real-share of real validation images.")] = None,
+    judge_real_share: Annotated[float, typer.Option(help="Share of real validation images of a class that its judge threshold passes.")] = 0.9,
+    max_tries: Annotated[int, typer.Option(help="Tries per image before a filtered slot is left empty.")] = 10,
 ) -> None:
     """Synthesize a class-balanced NIH-format data set."""
     from .synthesis.augment import augment as run_augment
@@ -301,6 +307,9 @@ def augment(
         classes=_split_list(classes), labels=label, multi_label=multi_label.value,
         output_size=output_size, view=view, layout=layout.value, device=device.value, seed=seed,
         batch_size=batch_size, workers=workers, shard=shard, resume=resume, overwrite=overwrite,
+        privacy_filter=privacy_filter, privacy_reference=privacy_reference,
+        privacy_percentile=privacy_percentile, judge=judge, judge_real_share=judge_real_share,
+        max_tries=max_tries,
     )
     typer.echo(result.summary())
 

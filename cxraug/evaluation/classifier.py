@@ -344,12 +344,22 @@ def train_classifier(data: str | os.PathLike, out: str | os.PathLike, epochs: in
                                      strict=True)),
         "val_auroc": dict(zip(class_names, fit.val_auroc, strict=True)),
         "val_mean_auroc": mean_of(fit.val_auroc), "history": fit.history,
+        # what `augment --judge` calibrates its per-class thresholds on
+        "calibration": {"val_positive_probs": _positive_probs(
+            predict_probs(fit.model, x_val), y_val, class_names)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     save_classifier(fit, out, info)
     return ClassifierResult(out=out, class_names=class_names, val_auroc=fit.val_auroc,
                             best_epoch=fit.best_epoch, epochs=epochs, n_train=len(x_train),
                             n_val=len(x_val), image_size=size, seconds=time.time() - started)
+
+
+def _positive_probs(probs: np.ndarray, y: np.ndarray,
+                    class_names: list[str]) -> dict[str, list[float]]:
+    """Each class's probabilities on the validation images that carry it (sorted)."""
+    return {name: sorted(round(float(p), 6) for p in probs[y[:, c] > 0, c])
+            for c, name in enumerate(class_names)}
 
 
 # ------------------------------------------------------------------------ inference (no TF)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .metrics import nearest_neighbors
+from ..neighbors import nearest_neighbors
 
 THUMB = 32
 #: Below this many images a side the two-sample test is reported as "too few images".

@@ -78,6 +78,7 @@ class ExportResult:
     op_counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     source: str = ""
+    reference: str = ""  # the privacy filter's training reference, or why there is none
 
     def summary(self) -> str:
         size = self.path.stat().st_size / 1e6 if self.path.exists() else float("nan")
@@ -100,6 +101,8 @@ class ExportResult:
         if self.fp16_path is not None:
             lines.append(f"  float16 copy {self.fp16_path}: max |diff| "
                          f"{self.fp16_max_abs_diff:.2e} (limit {FP16_TOL:.0e})")
+        if self.reference:
+            lines.append(f"  {self.reference}")
         lines.append(f"  done in {self.seconds:.1f} s; `cxraug inspect {self.path}` shows the card")
         return "\n".join(lines)
 
@@ -956,5 +959,40 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str |
     }
     source = (f"{run} {loaded.checkpoint}, epoch {loaded.epoch}, "
               f"{'EMA' if getattr(loaded, 'ema', False) else 'raw'} weights")
-    return export_generator(loaded.model, out, metadata, opset=opset, fp16=fp16,
-                            progress=progress, source=source)
+    result = export_generator(loaded.model, out, metadata, opset=opset, fp16=fp16,
+                              progress=progress, source=source)
+    result.reference = _write_reference(run, Path(out), loaded.data_fingerprint or "", progress)
+    return result
+
+
+def _write_reference(run: Path, out: Path, fingerprint: str, progress: bool) -> str:
+    """``MODEL.trainref.h5`` beside the model from the run's training cache, so that augment's
+    privacy filter is on by default; a line saying what was written or why not."""
+    from ..copy_reference import build_reference, reference_path
+
+    target = reference_path(out)
+    try:
+        data = json.loads((run / "run.json").read_text(encoding="utf-8")).get("data", {})
+    except (OSError, ValueError):
+        data = {}
+    cache = Path(str(data.get("path", "")))
+    if not data.get("path") or not cache.is_file():
+        target.unlink(missing_ok=True)  # never leave another model's reference beside this one
+        return (f"no training reference written: the run's cache {cache} is gone, so augment's "
+                "privacy filter needs --data CACHE")
+    from ..data.cache import CacheReader
+
+    with CacheReader(cache) as reader:
+        same = str(reader.fingerprint) == fingerprint
+    if not same:
+        target.unlink(missing_ok=True)
+        return (f"no training reference written: {cache} is no longer the data the run was "
+                "trained on (fingerprint differs)")
+    try:
+        build_reference(cache, target, progress=progress)
+    except CxrError as exc:
+        target.unlink(missing_ok=True)
+        return f"no training reference written: {exc}"
+    return (f"training reference {target} ({target.stat().st_size / 1e6:.1f} MB, for augment's "
+            "privacy filter; it holds 32x32 thumbnails of the training images: keep it with them, "
+            "never ship it with synthetic data)")

@@ -68,6 +68,7 @@ import os
 import re
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -84,6 +85,7 @@ from .. import __version__
 from ..data.labels import VIEWS
 from ..errors import CxrError
 from ..io_utils import pid_alive, sha256_file, write_json_atomic, write_text_atomic
+from .filters import HIGH_DROP, KEEP, PRIVACY, TEXT_KEY, ClassStats, Filters, SlotRecord
 from .generator import OnnxGenerator, to_uint8
 
 JOB_FORMAT = "cxraug-augment-1"
@@ -134,16 +136,20 @@ def synthetic_name(code: int, k: int) -> str:
     return f"{pid:08d}_{k % PER_PATIENT:03d}.png"
 
 
-def latents(seed: int, key: int, ks: Sequence[int] | np.ndarray, dim: int) -> np.ndarray:
-    """Latent vectors float32 ``[len(ks), dim]``; row i depends only on (seed, key, ks[i]).
+def latents(seed: int, key: int, ks: Sequence[int] | np.ndarray, dim: int,
+            tries: Sequence[int] | None = None) -> np.ndarray:
+    """Latent vectors float32 ``[len(ks), dim]``; row i depends only on (seed, key, ks[i]) and
+    the try ``tries[i]`` (default 0).
 
-    A Philox stream per image, keyed by (seed, key) and started at counter ``k * 2**128``, so
-    images never share random numbers and no batching changes them.
+    A Philox stream per image, keyed by (seed, key) and started at counter
+    ``k * 2**128 + try * 2**96``, so images never share random numbers and no batching changes
+    them; try 0 is the unfiltered image, the later tries are the filters' replacements.
     """
     out = np.empty((len(ks), dim), dtype=np.float32)
     full_key = (int(seed) << 64) | int(key)
     for i, k in enumerate(ks):
-        bitgen = np.random.Philox(key=full_key, counter=int(k) << 128)
+        attempt = 0 if tries is None else int(tries[i])
+        bitgen = np.random.Philox(key=full_key, counter=(int(k) << 128) | (attempt << 96))
         out[i] = np.random.Generator(bitgen).standard_normal(dim, dtype=np.float32)
     return out
 
@@ -152,11 +158,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png(gray: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+def encode_png(gray: np.ndarray, level: int = PNG_LEVEL, text: str | None = None) -> bytes:
     """8-bit grayscale PNG bytes; ~3x faster than Pillow's encoder and independent of its version.
 
     Every row uses filter "Up" (difference to the row above); zlib releases the GIL, so writer
-    threads encode in parallel with onnxruntime.
+    threads encode in parallel with onnxruntime. ``text``: a ``tEXt`` chunk ``cxraug-filter``
+    right after the header (the filters' record of the image, :func:`png_record` reads it).
     """
     gray = np.ascontiguousarray(gray, dtype=np.uint8)
     h, w = gray.shape
@@ -167,8 +174,27 @@ def encode_png(gray: np.ndarray, level: int = PNG_LEVEL) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     packer = zlib.compressobj(level, zlib.DEFLATED, 15, 8, PNG_STRATEGY)
     idat = packer.compress(raw.tobytes()) + packer.flush()
-    return (_PNG_SIG + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+    extra = b"" if text is None else _png_chunk(
+        b"tEXt", TEXT_KEY.encode("latin-1") + b"\0" + text.encode("latin-1"))
+    return (_PNG_SIG + _png_chunk(b"IHDR", ihdr) + extra + _png_chunk(b"IDAT", idat)
             + _png_chunk(b"IEND", b""))
+
+
+def png_record(path: Path) -> SlotRecord | None:
+    """The filters' record in a PNG written by :func:`encode_png` (None without one)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(33 + 8 + 96)
+    except OSError:
+        return None
+    if head[:8] != _PNG_SIG or head[37:41] != b"tEXt":
+        return None
+    length = struct.unpack(">I", head[33:37])[0]
+    body = head[41:41 + length]
+    key, _, value = body.partition(b"\0")
+    if key != TEXT_KEY.encode("latin-1"):
+        return None
+    return SlotRecord.parse(value.decode("latin-1"))
 
 
 def png_ok(path: Path) -> bool:
@@ -364,15 +390,23 @@ class AugmentResult:
         i, n = self.shard
         width = max([len("class")] + [len(t["name"]) for t in self.targets])
         notes = [] if self.notes_shown else self.notes
+        filtered = any("filter" in t for t in self.targets)
         lines = [*notes, f"augment: {len(self.targets)} target(s), provider {self.provider}"
                  + (f", shard {i}/{n}" if n > 1 else ""),
                  f"  {'class':{width}s} {'real':>8s} {'target':>8s} {'generate':>9s} "
-                 f"{'on disk':>8s}"]
+                 f"{'on disk':>8s}" + (f" {'tried':>8s} {'privacy':>8s} {'label':>8s} "
+                                       f"{'unfilled':>8s}" if filtered else "")]
         for t in self.targets:
             real = "-" if t["real"] is None else f"{t['real']:,}"
             goal = "-" if t["target"] is None else f"{t['target']:,}"
+            f = t.get("filter")
+            extra = (f" {f['tried']:>8,} {f['dropped_privacy']:>8,} {f['dropped_label']:>8,} "
+                     f"{f['unfilled']:>8,}" if f else "")
             lines.append(f"  {t['name']:{width}s} {real:>8s} {goal:>8s} {t['generate']:>9,} "
-                         f"{t['on_disk']:>8,}")
+                         f"{t['on_disk']:>8,}{extra}")
+        if filtered:
+            lines.append("  (tried: generated images; privacy / label: dropped by each filter "
+                         "and replaced; unfilled: images that no try passed)")
         rate = self.generated / self.wall_s if self.wall_s > 0 else 0.0
         lines.append(f"generated {self.generated:,} images ({self.image_size}x{self.image_size} "
                      f"PNG, {self.layout}) in {self.wall_s:.1f} s ({rate:.1f} img/s); "
@@ -387,6 +421,151 @@ class AugmentResult:
                          "without --shard, with --resume (it generates nothing and writes the "
                          "merged CSVs)")
         return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- filters
+def _open_filters(gen: OnnxGenerator, model: Path, data: Path | None, wanted: list[int],
+                  privacy_filter: bool, privacy_reference: Path | None,
+                  privacy_percentile: float | None, judge: Path | None,
+                  judge_real_share: float, max_tries: int, scratch: Path) -> Filters:
+    """Find the privacy reference (``--privacy-reference``, else ``MODEL.trainref.h5`` beside the
+    model, else built from ``--data`` when it is the cache the model was trained on) and open
+    the judge. Every choice is said in ``Filters.notes``."""
+    from ..copy_reference import TrainReference, build_reference, reference_path
+    from .filters import LabelJudge
+
+    if max_tries < 1:
+        raise CxrError(f"--max-tries {max_tries}: give a positive number of tries per image")
+    filters = Filters(max_tries=int(max_tries))
+    fingerprint = str(gen.meta.get("data_fingerprint", "") or "")
+    if not privacy_filter:
+        if privacy_reference is not None:
+            raise CxrError("--privacy-reference with --no-privacy-filter: give one or the other")
+        filters.notes.append("privacy filter off (--no-privacy-filter): images are not checked "
+                             "for copies of training images")
+    else:
+        path: Path | None = None
+        if privacy_reference is not None:
+            path = Path(privacy_reference)
+        elif reference_path(model).is_file():
+            path = reference_path(model)
+        elif data is not None:
+            from ..data.cache import CacheReader
+
+            if not Path(data).is_file():
+                raise CxrError(f"cache {data} not found; make it with `cxraug prepare`")
+            with CacheReader(Path(data)) as cache:
+                same = bool(fingerprint) and str(cache.fingerprint) == fingerprint
+            if same:
+                path = build_reference(data, scratch / "trainref.h5",
+                                       percentile=privacy_percentile or 5.0)
+        if path is None:
+            filters.notes.append(
+                f"privacy filter off: no training reference for {model} (looked for "
+                f"{reference_path(model)}; give --privacy-reference FILE, or --data CACHE the "
+                "model was trained on)")
+        else:
+            ref = TrainReference(path, percentile=privacy_percentile)
+            if fingerprint and ref.data_fingerprint and ref.data_fingerprint != fingerprint:
+                ref.close()
+                raise CxrError(f"{path}: built from other data (fingerprint "
+                               f"{ref.data_fingerprint}) than {model} was trained on "
+                               f"({fingerprint}); give the reference of its training cache")
+            filters.privacy = ref
+            filters.notes.append(
+                f"privacy filter on: an image closer to one of the {ref.n:,} training images "
+                f"than {100 - ref.percentile:g}% of {ref.n_heldout} held-out patients are is "
+                f"replaced (up to {max_tries} tries; --no-privacy-filter to turn off)")
+    if judge is not None:
+        filters.judge = LabelJudge(judge, gen.class_names, wanted, real_share=judge_real_share,
+                                   data=data)
+        filters.notes.append(
+            f"label filter on: the judge {judge} must rate each image's class at least as high "
+            f"as {judge_real_share:.0%} of real validation images of that class "
+            f"(calibrated on {filters.judge.source})")
+        filters.notes += filters.judge.warnings()
+    return filters
+
+
+def _filtered_batch(gen: OnnxGenerator, filters: Filters, seed: int, targets: list[Target],
+                    batch: list[tuple[int, int]], label_rows: Any
+                    ) -> tuple[np.ndarray, list[SlotRecord | None], list[tuple[int, int]]]:
+    """Images for a batch of slots with replacements for dropped tries. Returns the images,
+    each slot's record (None: every try dropped) and each slot's (privacy, label) drops."""
+    n = len(batch)
+    kept: list[np.ndarray | None] = [None] * n
+    drops = [[0, 0] for _ in range(n)]
+    records: list[SlotRecord | None] = [None] * n
+    todo = list(range(n))
+    for attempt in range(filters.max_tries):
+        if not todo:
+            break
+        z = np.concatenate([latents(seed, targets[batch[j][0]].key, [batch[j][1]],
+                                    gen.latent_dim, [attempt]) for j in todo])
+        rows = np.array([batch[j][0] for j in todo], dtype=np.int64)
+        images = gen.generate(z, label_rows(rows))
+        verdict = filters.verdicts(to_uint8(images), [targets[i].classes for i in rows])
+        left = []
+        for pos, j in enumerate(todo):
+            if verdict[pos] == KEEP:
+                kept[j] = images[pos]
+                records[j] = SlotRecord(attempt + 1, drops[j][0], drops[j][1])
+            else:
+                drops[j][0 if verdict[pos] == PRIVACY else 1] += 1
+                left.append(j)
+        todo = left
+    shape = (gen.image_size, gen.image_size)
+    out = np.stack([k if k is not None else np.zeros(shape, np.float32) for k in kept])
+    return out, records, [(a, b) for a, b in drops]
+
+
+
+#: Slots every try of which the privacy filter dropped, with no image kept, before augment stops.
+PRIVACY_FAIL_SLOTS = 8
+
+
+def _check_privacy_failure(targets: list[Target], unfilled: dict[int, dict[int, tuple[int, int]]],
+                           present: dict[int, set[int]],
+                           records: dict[int, dict[int, SlotRecord]] | None,
+                           filters: Filters) -> None:
+    """Stop with a clear error when a class's images are all copies (instead of trying forever)."""
+    if filters.privacy is None or records is None:
+        return
+    for t in targets:
+        copies = [k for k, (priv, lab) in unfilled[t.code].items() if lab == 0 and priv > 0]
+        if (len(copies) >= min(PRIVACY_FAIL_SLOTS, t.count) and not records[t.code]
+                and not present[t.code]):
+            ref = filters.privacy
+            raise CxrError(
+                f"{t.name}: the privacy filter dropped every one of {len(copies)} images x "
+                f"{filters.max_tries} tries: each was closer to a training image than "
+                f"{100 - ref.percentile:g}% of new patients are (threshold {ref.threshold:.3g}), "
+                "so the generator reproduces its training images; use an earlier checkpoint or "
+                "retrain on more data, or --no-privacy-filter to keep them (not for sharing)")
+
+
+def _filter_warnings(rows: list[dict[str, Any]], filters: Filters) -> list[str]:
+    """One line per class whose filters dropped much or that ends short."""
+    out = []
+    for row in rows:
+        f = row.get("filter")
+        if not f or not f["tried"]:
+            continue
+        rate = f["drop_rate"]
+        if rate > HIGH_DROP or f["unfilled"]:
+            why = []
+            if f["dropped_privacy"] > f["tried"] * HIGH_DROP / 2:
+                why.append("it draws near-copies of training images (memorizes)")
+            if f["dropped_label"] > f["tried"] * HIGH_DROP / 2:
+                why.append("the judge does not recognize the class in its images (the "
+                           "generator does not draw it, or the judge cannot tell)")
+            short = (f"; {f['unfilled']:,} of its images could not be made in "
+                     f"{filters.max_tries} tries, so it has {f['kept']:,}" if f["unfilled"] else "")
+            out.append(f"warning: {row['name']}: the filters dropped {rate:.0%} of "
+                       f"{f['tried']:,} tries ({f['dropped_privacy']:,} privacy, "
+                       f"{f['dropped_label']:,} label){short}"
+                       + (f": {'; '.join(why)}" if why else ""))
+    return out
 
 
 # ----------------------------------------------------------------------------- the job
@@ -501,6 +680,14 @@ def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool)
     job = out / JOB_FILE
     if out.exists() and not out.is_dir():
         raise CxrError(f"--out {out} is a file; give a folder")
+    if out.is_dir() and not job.is_file():
+        # another shard starting into the same folder may be writing job.json right now: its
+        # temporaries do not count, and a job.json that appears meanwhile is compared below
+        others = [e.name for e in out.iterdir()
+                  if e.name != JOB_FILE and not _TMP_RE.match(e.name)]
+        if others and not job.is_file():
+            raise CxrError(f"--out {out} is not empty and holds no augment job ({JOB_FILE}); "
+                           "give a new or empty folder")
     if job.is_file():
         try:
             old = json.loads(job.read_text(encoding="utf-8"))
@@ -519,9 +706,6 @@ def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool)
         elif not resume:
             raise CxrError(f"--out {out} already holds this job; rerun with --resume to finish "
                            "it, or --overwrite to start again")
-    elif out.is_dir() and any(out.iterdir()):
-        raise CxrError(f"--out {out} is not empty and holds no augment job ({JOB_FILE}); "
-                       "give a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test.{os.getpid()}.tmp"
@@ -534,8 +718,10 @@ def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool)
                        "writable folder") from None
 
 
-def _scan(out: Path, targets: list[Target], layout: str) -> dict[int, set[int]]:
-    """Images of this job already on disk and complete, per target code; removes broken ones."""
+def _scan(out: Path, targets: list[Target], layout: str,
+          records: dict[int, dict[int, SlotRecord]] | None = None) -> dict[int, set[int]]:
+    """Images of this job already on disk and complete, per target code; removes broken ones.
+    ``records``: filled with each image's filter record (filtered jobs)."""
     present: dict[int, set[int]] = {t.code: set() for t in targets}
     by_name: dict[str, dict[int, Target]] = {}
     for t in targets:
@@ -561,6 +747,12 @@ def _scan(out: Path, targets: list[Target], layout: str) -> dict[int, set[int]]:
             if k >= t.count:
                 continue
             if png_ok(Path(entry.path)):
+                if records is not None:
+                    record = png_record(Path(entry.path))
+                    if record is None:  # not this filtered job's image: make it again
+                        os.unlink(entry.path)
+                        continue
+                    records[code][k] = record
                 present[code].add(k)
             else:
                 os.unlink(entry.path)
@@ -568,11 +760,12 @@ def _scan(out: Path, targets: list[Target], layout: str) -> dict[int, set[int]]:
 
 
 def _write_batch(images: np.ndarray, paths: list[Path], ks: list[int],
-                 size: int) -> list[int]:
+                 size: int, texts: list[str | None] | None = None) -> list[int]:
     """Resize (if asked), quantize, encode and atomically write one chunk; returns its ks."""
     pid = os.getpid()
-    for image, path in zip(images, paths, strict=True):
-        data = encode_png(to_uint8(resize_float(image, size)))
+    texts = texts or [None] * len(paths)
+    for image, path, text in zip(images, paths, texts, strict=True):
+        data = encode_png(to_uint8(resize_float(image, size)), text=text)
         tmp = path.with_name(f".{path.name}.{pid}.tmp")
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -667,6 +860,12 @@ def augment(
     *,
     threads: int | None = None,
     spinning: bool = False,
+    privacy_filter: bool = True,
+    privacy_reference: str | os.PathLike | None = None,
+    privacy_percentile: float | None = None,
+    judge: str | os.PathLike | None = None,
+    judge_real_share: float = 0.9,
+    max_tries: int = 10,
 ) -> AugmentResult:
     """Generate a class-balanced synthetic NIH-format data set (see the module docstring).
 
@@ -674,6 +873,8 @@ def augment(
     ``threads``/``spinning``: onnxruntime intra-op threads (default: every core) and whether idle
     ones busy-wait (off: the PNG writer threads and anything else on the machine need those
     cycles; benchmarks/augment.py measures both).
+    ``privacy_*``, ``judge*``, ``max_tries``: the filters (:mod:`.filters`); the privacy filter is
+    on wherever a training reference is found.
     """
     from ..data.nih import write_nih_csv
     from .generator import DEFAULT_MODEL
@@ -742,6 +943,13 @@ def augment(
                            f"{MAX_PER_TARGET:,} per class")
     size = int(output_size or gen.image_size)
     view = gen.view if view is None else view.strip().upper()
+    scratch = tempfile.TemporaryDirectory(prefix="cxraug-augment-")
+    wanted = sorted({c for t in targets for c in t.classes})
+    filters = _open_filters(gen, model, None if data is None else Path(data), wanted,
+                            privacy_filter, None if privacy_reference is None
+                            else Path(privacy_reference), privacy_percentile,
+                            None if judge is None else Path(judge), judge_real_share, max_tries,
+                            Path(scratch.name))
     model_sha = sha256_file(model)
     spec = {
         "format": JOB_FORMAT, "model_sha256": model_sha, "seed": int(seed),
@@ -751,6 +959,12 @@ def augment(
         "targets": [{"name": t.name, "code": t.code, "folder": t.folder, "count": t.count}
                     for t in targets],
     }
+    if filters.active:  # (an unfiltered job's spec is what it always was)
+        spec["filters"] = filters.spec()
+    notes += filters.notes
+    if progress:
+        for note in filters.notes:
+            print(note, file=sys.stderr)
     real_paths: list[str] | None = None
     real_missing = 0
     real_sizes: list[list[int]] = []
@@ -774,7 +988,11 @@ def augment(
     _prepare_out(out, spec, resume=resume, overwrite=overwrite)
 
     # ---- what is left to do
-    present = _scan(out, targets, layout)
+    records: dict[int, dict[int, SlotRecord]] | None = (
+        {t.code: {} for t in targets} if filters.active else None)
+    present = _scan(out, targets, layout, records)
+    # this run's slots that every try failed: code -> k -> (privacy drops, label drops)
+    unfilled: dict[int, dict[int, tuple[int, int]]] = {t.code: {} for t in targets}
     mine = (lambda k: k % shard_n == shard_i - 1) if shard_n > 1 else (lambda k: True)
     skipped = sum(1 for t in targets for k in present[t.code] if mine(k))
     for t in targets:
@@ -808,13 +1026,37 @@ def augment(
                 real.rows) - real_missing))
             paths["manifest"] = manifest_path
 
+    def class_stats(t: Target) -> ClassStats:
+        """Tries and drops of a target's slots (kept images' records + empty slots)."""
+        stats = ClassStats()
+        assert records is not None
+        for k, record in records[t.code].items():
+            if mine(k) and k in present[t.code]:
+                stats.add(record)
+        for k, (priv, lab) in unfilled[t.code].items():
+            if mine(k) and k not in present[t.code]:
+                stats.tries += priv + lab
+                stats.privacy += priv
+                stats.label += lab
+                stats.unfilled += 1
+        return stats
+
     def target_rows() -> list[dict[str, Any]]:
-        return [{"name": t.name, "code": t.code, "real": t.real, "target": target_per_class,
-                 "generate": t.count, "shard_share": sum(1 for k in range(t.count) if mine(k))
-                 if shard_n > 1 else t.count,
-                 "on_disk": sum(1 for k in present[t.code] if mine(k)),
-                 "folder": t.folder if layout == "class-folders" else IMAGES,
-                 "first_name": synthetic_name(t.code, 0)} for t in targets]
+        rows = []
+        for t in targets:
+            row = {"name": t.name, "code": t.code, "real": t.real, "target": target_per_class,
+                   "generate": t.count, "shard_share": sum(1 for k in range(t.count) if mine(k))
+                   if shard_n > 1 else t.count,
+                   "on_disk": sum(1 for k in present[t.code] if mine(k)),
+                   "folder": t.folder if layout == "class-folders" else IMAGES,
+                   "first_name": synthetic_name(t.code, 0)}
+            if filters.active:
+                st = class_stats(t)
+                row["filter"] = {"tried": st.tries, "dropped_privacy": st.privacy,
+                                 "dropped_label": st.label, "kept": st.kept,
+                                 "unfilled": st.unfilled, "drop_rate": round(st.drop_rate(), 4)}
+            rows.append(row)
+        return rows
 
     def manifest(rows_real: int) -> dict[str, Any]:
         import onnxruntime as ort
@@ -830,6 +1072,7 @@ def augment(
             "full_graph_labels": list(gen.specialize_fallbacks),
             "device": device, "image_size": size, "layout": layout,
             "label_mode": gen.label_mode, "view": view,
+            "filters": filters.describe() if filters.active else None,
             # [width, height] of each part of mixed.csv (real: up to 20 files' headers)
             "image_sizes": {"synthetic": [[size, size]], "real": real_sizes},
             "real_source": None if real is None else real.source, "real_rows_in_mixed": rows_real,
@@ -906,6 +1149,10 @@ def augment(
     hot_of = np.zeros((len(targets), len(gen.class_names)), dtype=np.float32)
     for i, t in enumerate(targets):
         hot_of[i, list(t.classes)] = 1.0
+
+    def label_rows(rows: np.ndarray) -> np.ndarray:
+        """The generator's label input for targets at positions ``rows``."""
+        return hot_of[rows] if gen.label_mode == "multi-hot" else label_of[rows]
     try:
         for start in range(0, len(work), batch_size):
             batch = work[start:start + batch_size]
@@ -915,11 +1162,22 @@ def augment(
             cuts = [0] + [j for j in range(1, len(batch)) if batch[j][0] != batch[j - 1][0]]
             runs = [(batch[c][0], c, e) for c, e in zip(cuts, cuts[1:] + [len(batch)],
                                                          strict=True)]
-            z = np.concatenate([latents(seed, targets[i].key, [k for _, k in batch[c:e]],
-                                        gen.latent_dim) for i, c, e in runs])
-            lab = hot_of[rows] if gen.label_mode == "multi-hot" else label_of[rows]
-            t1 = time.perf_counter()
-            images = gen.generate(z, lab)
+            slot_records: list[SlotRecord | None] | None = None
+            if filters.active:
+                t1 = t0
+                images, slot_records, drops = _filtered_batch(gen, filters, seed, targets,
+                                                              batch, label_rows)
+                for j, ((i, k), record) in enumerate(zip(batch, slot_records, strict=True)):
+                    if record is None:
+                        unfilled[targets[i].code][k] = drops[j]
+                    else:
+                        records[targets[i].code][k] = record  # type: ignore[index]
+                _check_privacy_failure(targets, unfilled, present, records, filters)
+            else:
+                z = np.concatenate([latents(seed, targets[i].key, [k for _, k in batch[c:e]],
+                                            gen.latent_dim) for i, c, e in runs])
+                t1 = time.perf_counter()
+                images = gen.generate(z, label_rows(rows))
             t2 = time.perf_counter()
             timings["latents_s"] += t1 - t0
             timings["inference_s"] += t2 - t1
@@ -929,12 +1187,23 @@ def augment(
                 folder = out / (t.folder if layout == "class-folders" else IMAGES)
                 bar_for(i)
                 for s0 in range(c, e, step):
-                    ks = [k for _, k in batch[s0:min(e, s0 + step)]]
+                    pos = [j for j in range(s0, min(e, s0 + step))
+                           if slot_records is None or slot_records[j] is not None]
+                    if slot_records is not None:  # slots every try failed write nothing
+                        remaining[i] -= (min(e, s0 + step) - s0) - len(pos)
+                        if not pos:
+                            if remaining[i] == 0:
+                                bar_for(i).close()
+                                write_outputs(final=False)
+                            continue
+                    ks = [batch[j][1] for j in pos]
                     names = [folder / synthetic_name(t.code, k) for k in ks]
+                    texts = (None if slot_records is None
+                             else [slot_records[j].text() for j in pos])  # type: ignore[union-attr]
                     # noted before submitting, so an interrupt at any point below cannot leave a
                     # written file that the CSVs never list
                     submitted.append((i, ks, names))
-                    fut = pool.submit(_write_batch, images[s0:s0 + len(ks)], names, ks, size)
+                    fut = pool.submit(_write_batch, images[pos], names, ks, size, texts)
                     pending.add(fut)
                     owner[fut] = i
             while len(pending) > 2 * workers:
@@ -951,6 +1220,7 @@ def augment(
     except BaseException:
         # Ctrl-C or a write error: keep what is complete, list exactly that, then re-raise
         pool.shutdown(wait=True, cancel_futures=True)
+        filters.close()
         # The interrupt can land anywhere in the bookkeeping (after a submit, between
         # ``owner.pop`` and ``present.update``), so list what is on disk, not what was recorded:
         # a final name only ever appears complete (atomic rename).
@@ -968,6 +1238,12 @@ def augment(
     for bar in bars.values():
         bar.close()
     pool.shutdown(wait=True)
+    filters.close()
+    warnings = _filter_warnings(target_rows(), filters) if filters.active else []
+    notes += warnings
+    if progress:
+        for line in warnings:
+            print(line, file=sys.stderr)
     if gen.specialize_fallbacks:
         notes.append(f"{len(gen.specialize_fallbacks)} label(s) ran on the full graph (slower, "
                      "same images) instead of a specialized one: "

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import CxrError
-from ..evaluation.metrics import nearest_neighbors
 from ..evaluation.realism import thumbnails, two_sample_test
 from ..grid import to_uint8
+from ..neighbors import nearest_neighbors
 
 REALISM_COLUMNS = ("c2st_val", "near_copy", "diversity")
 #: A checkpoint with more near-copies than this is never "best", however realistic.

@@ -1,0 +1,198 @@
+"""The training-image reference behind augment's privacy filter: which synthetic images are
+near-copies of a training image. NO TensorFlow; shared by export (writes one beside the model),
+augment (filters with it) and anything else that asks "does this image copy a patient?".
+
+The rule is the one training's realism tracker uses: every image is box-averaged to a 32x32
+thumbnail, rounded to 8 bits and standardized per image (brightness and contrast do not count,
+the layout of the chest does); an image is a near-copy when its thumbnail's Euclidean distance to
+the nearest *training* thumbnail is below the ``percentile``-th percentile (default 5) of the same
+distance for held-out real images of *other patients* (the cache's val and test splits), or 0:
+it is closer to a training image than 95% of new patients are.
+
+File ``MODEL.trainref.h5`` (format ``cxraug-train-reference-1``): dataset ``thumbs`` uint8
+``[N, 1024]`` (the training thumbnails, chunked by row blocks) and attributes ``threshold``,
+``percentile``, ``n_heldout``, ``heldout_distances`` (JSON, sorted), ``data_fingerprint``,
+``source`` and ``cxraug_version``. Size: 1 KiB per training image (362 KiB for the NIH sample, about
+85 MiB for NIH's 86,524 training images). It holds coarse copies of the training images: keep it
+where the training data may be, and never ship it with a synthetic data set.
+
+Memory stays flat in N: up to ``IN_MEMORY_ROWS`` thumbnails are held as float32, a larger
+reference is read from the file in blocks for every query batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import CxrError
+from .neighbors import NearestNeighbors
+
+FORMAT = "cxraug-train-reference-1"
+SUFFIX = ".trainref.h5"
+THUMB = 32
+DEFAULT_PERCENTILE = 5.0
+#: References up to this many thumbnails are kept in memory (float32, 4 KiB each: 64 MiB).
+IN_MEMORY_ROWS = 16384
+#: Rows read from the file per block when the reference is streamed.
+BLOCK_ROWS = 8192
+
+
+def thumbnails_u8(images: np.ndarray, size: int = THUMB) -> np.ndarray:
+    """uint8 ``[N, H, W]`` -> uint8 ``[N, size*size]``: box-averaged, rounded. Both sides of the
+    comparison are rounded the same way, so an exact copy is at distance exactly 0."""
+    x = np.asarray(images)
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3:
+        raise ValueError(f"expected [N, H, W] images, got shape {x.shape}")
+    n, h, w = x.shape
+    if h % size == 0 and w % size == 0:
+        avg = x.astype(np.float32).reshape(n, size, h // size, size, w // size).mean(axis=(2, 4))
+    else:
+        from PIL import Image
+
+        avg = np.stack([np.asarray(Image.fromarray(im.astype(np.float32), mode="F")
+                                   .resize((size, size), Image.Resampling.BOX)) for im in x])
+    return np.clip(np.rint(avg), 0, 255).astype(np.uint8).reshape(n, -1)
+
+
+def standardize(thumbs: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per row (float32): brightness and contrast do not count."""
+    x = np.asarray(thumbs, dtype=np.float32)
+    x = x - x.mean(axis=1, keepdims=True)
+    return x / np.maximum(x.std(axis=1, keepdims=True), 1e-6)
+
+
+def reference_path(model: str | os.PathLike) -> Path:
+    """Where the reference of ``MODEL.onnx`` lives: ``MODEL.trainref.h5`` beside it."""
+    model = Path(model)
+    return model.with_name(model.stem + SUFFIX)
+
+
+@dataclass
+class CopyCheck:
+    """Each query's distance to its nearest training thumbnail and the verdict."""
+
+    distance: np.ndarray  # float64 [N]
+    copy: np.ndarray  # bool [N]
+
+
+class TrainReference:
+    """An opened reference: ``check(images_u8)`` says which images are near-copies."""
+
+    def __init__(self, path: str | os.PathLike, percentile: float | None = None) -> None:
+        """``percentile``: another rule than the one the file was written with (its held-out
+        distances are stored, so the threshold is re-measured, not guessed)."""
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CxrError(f"training reference {self.path} not found; make it with "
+                           "`cxraug export-onnx` (beside the model) or give --data CACHE")
+        try:
+            self._file = h5py.File(self.path, "r")
+            attrs = self._file.attrs
+            if attrs.get("format") != FORMAT:
+                raise OSError("not a reference")
+            self._thumbs = self._file["thumbs"]
+            self.threshold = float(attrs["threshold"])
+            self.percentile = float(attrs["percentile"])
+            self.n_heldout = int(attrs["n_heldout"])
+            self.data_fingerprint = str(attrs.get("data_fingerprint", ""))
+            self.source = str(attrs.get("source", ""))
+            held = np.asarray(json.loads(str(attrs["heldout_distances"])), dtype=np.float64)
+        except (OSError, KeyError, ValueError) as exc:
+            raise CxrError(f"{self.path}: not a cxraug training reference ({exc}); rebuild it "
+                           "with `cxraug export-onnx` or pass --data CACHE") from None
+        if percentile is not None and percentile != self.percentile:
+            if not 0 < percentile < 100:
+                raise CxrError(f"--privacy-percentile {percentile}: give a percentile between 0 "
+                               "and 100")
+            self.percentile = float(percentile)
+            self.threshold = float(np.percentile(held, percentile, method="lower"))
+        self.n = int(self._thumbs.shape[0])
+        self._memory = (standardize(self._thumbs[:]) if self.n <= IN_MEMORY_ROWS else None)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> TrainReference:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the rule."""
+        return {"threshold": round(self.threshold, 6), "percentile": self.percentile,
+                "n_train": self.n, "n_heldout": self.n_heldout, "space": f"{THUMB}x{THUMB} "
+                "thumbnails, standardized per image", "data_fingerprint": self.data_fingerprint}
+
+    def nearest(self, images_u8: np.ndarray) -> np.ndarray:
+        """Distance of each image's thumbnail to the nearest training thumbnail."""
+        nn = NearestNeighbors(standardize(thumbnails_u8(images_u8)))
+        if self._memory is not None:
+            nn.update(self._memory)
+        else:
+            for r0 in range(0, self.n, BLOCK_ROWS):
+                nn.update(standardize(self._thumbs[r0:r0 + BLOCK_ROWS]), offset=r0)
+        return nn.distance
+
+    def check(self, images_u8: np.ndarray) -> CopyCheck:
+        distance = self.nearest(images_u8)
+        return CopyCheck(distance=distance, copy=(distance < self.threshold) | (distance == 0))
+
+
+def build_reference(cache: str | os.PathLike, out: str | os.PathLike,
+                    percentile: float = DEFAULT_PERCENTILE, progress: bool = False) -> Path:
+    """Write the reference of a cache's training split, with the threshold measured on its val
+    and test splits (other patients). Streams the cache: memory is flat in its size."""
+    import h5py
+
+    from .data.cache import CacheReader
+    from .io_utils import atomic_path
+    from .progress import progress_bar
+
+    cache, out = Path(cache), Path(out)
+    if not 0 < percentile < 100:
+        raise CxrError(f"--privacy-percentile {percentile}: give a percentile between 0 and 100")
+    if not cache.is_file():
+        raise CxrError(f"cache {cache} not found; make it with `cxraug prepare`")
+    with CacheReader(cache) as reader:
+        train = np.asarray(reader.indices("train"))
+        held = np.concatenate([np.asarray(reader.indices("val")),
+                               np.asarray(reader.indices("test"))]).astype(np.int64)
+        if len(train) == 0:
+            raise CxrError(f"{cache}: no training images to build a privacy reference from")
+        if len(held) == 0:
+            raise CxrError(f"{cache}: no val or test images (other patients) to set the "
+                           "near-copy threshold with; re-prepare with --val-fraction above 0, "
+                           "or turn the filter off with --no-privacy-filter")
+        held_thumbs = standardize(thumbnails_u8(reader.read(np.sort(held))))
+        nn = NearestNeighbors(held_thumbs)
+        with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+            rows = min(len(train), 1024)
+            ds = f.create_dataset("thumbs", shape=(len(train), THUMB * THUMB), dtype=np.uint8,
+                                  chunks=(rows, THUMB * THUMB))
+            for s in progress_bar(range(0, len(train), 2048), desc="training reference",
+                                  unit="block", disable=not progress, leave=False):
+                block = thumbnails_u8(reader.read(train[s:s + 2048]))
+                ds[s:s + len(block)] = block
+                nn.update(standardize(block), offset=s)
+            held_d = np.sort(nn.distance)
+            # "lower": an observed held-out distance, so no held-out patient counts as a copy
+            threshold = float(np.percentile(held_d, percentile, method="lower"))
+            f.attrs.update({
+                "format": FORMAT, "threshold": threshold, "percentile": float(percentile),
+                "n_heldout": len(held), "heldout_distances": json.dumps(
+                    [round(float(d), 5) for d in held_d]),
+                "data_fingerprint": str(reader.fingerprint), "source": str(cache),
+                "cxraug_version": __version__})
+    return out
