@@ -14,6 +14,10 @@ depend on training), exported with ``cxraug.export.onnx_export.export_generator`
 once and is cached under the temp folder. ``--model`` benchmarks any exported file instead.
 
     python benchmarks/augment.py [--n 448] [--batch-size 64] [--repeats 2] [--model FILE.onnx]
+
+``--filters``: the cost of augment's filters against the same augment without them, on the
+
+    python benchmarks/augment.py --filters [--per-class 100] [--judge DIR --data CACHE]
 """
 
 from __future__ import annotations
@@ -105,14 +109,119 @@ def augment_rate(model: Path, n: int, batch: int, spinning: bool, workdir: Path)
     return result.generated / seconds
 
 
+_CHILD = """
+import json, resource, sys, time
+from cxraug.synthesis.augment import augment
+kw = json.loads(sys.argv[1])
+start = time.perf_counter()
+result = augment(progress=False, device="cpu", **kw)
+seconds = time.perf_counter() - start
+tried = sum(t.get("filter", {}).get("tried", t["on_disk"]) for t in result.targets)
+dropped = sum(t.get("filter", {}).get("dropped_privacy", 0)
+              + t.get("filter", {}).get("dropped_label", 0) for t in result.targets)
+print(json.dumps({"kept": sum(result.counts.values()), "tried": tried, "dropped": dropped,
+                  "seconds": seconds,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def fake_reference(real: Path, n: int, out: Path) -> Path:
+    """A reference in ``real``'s format (same threshold and fingerprint) with ``n`` random
+    training thumbnails: the nearest-neighbour search costs the same whatever they show."""
+    import h5py
+
+    if out.is_file():
+        return out
+    rng = np.random.default_rng(0)
+    with h5py.File(real, "r") as src, h5py.File(out, "w") as dst:
+        ds = dst.create_dataset("thumbs", shape=(n, 1024), dtype=np.uint8,
+                                chunks=(min(n, 1024), 1024))
+        for s in range(0, n, 8192):
+            ds[s:s + 8192] = rng.integers(0, 256, (min(8192, n - s), 1024), dtype=np.uint8)
+        dst.attrs.update(dict(src.attrs))
+    return out
+
+
+def filters_main(args: argparse.Namespace) -> int:
+    """augment with and without its filters, each in its own process."""
+    import json
+    import subprocess
+
+    from cxraug.copy_reference import reference_path
+    from cxraug.synthesis.generator import DEFAULT_MODEL
+
+    model = args.model or DEFAULT_MODEL
+    own = reference_path(model)
+    if not own.is_file():
+        print(f"{model} has no training reference beside it ({own}); export it with "
+              "`cxraug export-onnx` from its run", file=sys.stderr)
+        return 2
+    print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, model {model}, "
+          f"{args.per_class} images per class, batch {args.batch_size}, best of {args.repeats}")
+    work = Path(tempfile.gettempdir()) / "cxraug-bench"
+    work.mkdir(parents=True, exist_ok=True)
+    base = {"model": str(model), "per_class": args.per_class, "batch_size": args.batch_size}
+    settings: list[tuple[str, dict]] = [
+        ("no filter", {"privacy_filter": False}),
+        ("privacy, own reference", {"privacy_reference": str(own)}),
+        ("privacy, 20,000 references", {"privacy_reference": str(
+            fake_reference(own, 20000, work / "ref-20000.trainref.h5"))}),
+        ("privacy, 200,000 references", {"privacy_reference": str(
+            fake_reference(own, 200000, work / "ref-200000.trainref.h5"))}),
+    ]
+    if args.judge is not None:
+        judge = {"privacy_filter": False, "judge": str(args.judge)}
+        if args.data is not None:
+            judge["data"] = str(args.data)
+        settings.append(("label filter (judge)", judge))
+        settings.append(("privacy + label", {**judge, "privacy_filter": True,
+                                             "privacy_reference": str(own)}))
+    best: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            for name, extra in settings:
+                out = Path(tmp) / "aug"
+                shutil.rmtree(out, ignore_errors=True)
+                proc = subprocess.run([sys.executable, "-c", _CHILD,
+                                       json.dumps({**base, **extra, "out": str(out)})],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stderr, file=sys.stderr)
+                    return 1
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                res["rate"] = res["kept"] / res["seconds"]
+                if name not in best or res["rate"] > best[name]["rate"]:
+                    best[name] = res
+    plain = best["no filter"]["rate"]
+    print(f"{'setting':30s} {'kept img/s':>10s} {'vs none':>8s} {'tried':>7s} {'dropped':>8s} "
+          f"{'peak RSS':>9s}")
+    for name, _extra in settings:
+        r = best[name]
+        print(f"{name:30s} {r['rate']:10.1f} {r['rate'] / plain:8.2f} {r['tried']:7d} "
+              f"{r['dropped']:8d} {r['peak_mib']:7.0f} MiB")
+    small, large = best["privacy, 20,000 references"], best["privacy, 200,000 references"]
+    print(f"memory, 200,000 vs 20,000 references: {large['peak_mib']:.0f} vs "
+          f"{small['peak_mib']:.0f} MiB ({large['peak_mib'] / small['peak_mib']:.2f}x for 10x "
+          f"the training set); load average now {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--filters", action="store_true",
+                        help="measure the privacy and label filters against no filter")
+    parser.add_argument("--per-class", type=int, default=100, help="(--filters) images per class")
+    parser.add_argument("--judge", type=Path, default=None, help="(--filters) classifier folder")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="(--filters) cache whose val split calibrates the judge")
     parser.add_argument("--n", type=int, default=448, help="images per measurement")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternating repetitions; the best of each is kept (shared machines)")
     args = parser.parse_args()
+    if args.filters:
+        return filters_main(args)
     model = args.model or export_default(CACHE)
     from cxraug.synthesis.generator import model_card
 

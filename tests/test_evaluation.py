@@ -199,6 +199,10 @@ def test_memorization_flags_training_copies_not_heldout_images(reports: dict) ->
     assert held["overall"]["near_copy_fraction"] <= 0.05
     assert held["classes"]["No Finding"]["memorization"]["pixel_ratio_median"] > 0.5
     assert copy["closest_pairs"][0]["near_copy"] and copy["closest_pairs"][0]["pixel_distance"] == 0
+    # the same rule augment's privacy filter applies: every copy, few other patients' images
+    assert copy["overall"]["privacy_filter_fraction"] == 1.0
+    assert held["overall"]["privacy_filter_fraction"] < 0.2
+    assert "would replace 100.0%" in reports["train"]["summary"]
 
 
 @pytest.mark.slow

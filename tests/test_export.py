@@ -209,6 +209,16 @@ def test_smoke_export_contract_metadata_and_parity(smoke_run: Path, smoke_onnx: 
     assert (gen.latent_dim, gen.image_size, gen.label_mode) == (32, 32, "index")
     assert gen.provider == "CPUExecutionProvider"
 
+    # the training reference beside the model turns augment's privacy filter on by default
+    from cxraug.copy_reference import TrainReference, reference_path
+
+    with TrainReference(reference_path(smoke_onnx)) as ref, CacheReader(
+            info["data"]["path"]) as cache:
+        assert ref.data_fingerprint == meta["data_fingerprint"] == cache.fingerprint
+        assert ref.n == info["data"]["images"] and ref.threshold > 0
+        train = cache.read(np.sort(cache.indices("train"))[:5])
+        assert ref.check(train).copy.all()
+
     # Independent parity check on inputs the exporter never saw, through the public reader.
     loaded = load_generator(smoke_run)
     spec = generator_spec(loaded.model)
@@ -241,7 +251,9 @@ def test_cli_export_and_errors(smoke_run: Path, tmp_path: Path, capsys) -> None:
     printed = capsys.readouterr()
     assert "max |diff|" in printed.out and str(out) in printed.out
     assert out.is_file() and (tmp_path / "models" / "smoke.fp16.onnx").is_file()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["smoke.fp16.onnx", "smoke.onnx"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "smoke.fp16.onnx", "smoke.onnx", "smoke.trainref.h5"]
+    assert "training reference" in printed.out and "never ship it" in printed.out
 
     # fp16 copy: float32 interface, float16 weights, close to the float32 file.
     half = onnx.load(str(out.with_name("smoke.fp16.onnx")))

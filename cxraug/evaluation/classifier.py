@@ -377,9 +377,12 @@ class ClassifierFeatures:
     """
 
     def __init__(self, path: str | os.PathLike, default_size: int | None = None,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, spinning: bool = True) -> None:
+        """``spinning=False``: idle onnxruntime threads sleep (augment's judge shares the cores
+        with the generator's sessions and the PNG writers)."""
         path = Path(path)
         self.path = path
+        self._spinning = spinning
         self.batch_size = batch_size
         self.info: dict[str, Any] = {}
         self.class_names: list[str] | None = None
@@ -420,7 +423,11 @@ class ClassifierFeatures:
 
         ort.set_default_logger_severity(3)
         try:
-            self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            from ..synthesis.generator import session_options
+
+            self._session = ort.InferenceSession(
+                str(path), sess_options=session_options(spinning=self._spinning),
+                providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CxrError(f"{path}: not a readable ONNX model ({exc})") from exc
         inputs = self._session.get_inputs()

@@ -424,6 +424,10 @@ class EvaluateResult:
             f" {pr_s or f'{chr(32) * 10}'}"
             f" {f(o['synthetic_ms_ssim'], '.2f'):>5s}/{f(o['real_ms_ssim'], '.2f'):<6s}"
             f" {o['near_copies']:>7d}")
+        if o.get("privacy_filter_fraction") is not None:
+            rule = r["memorization_reference"]["privacy_filter_rule"]
+            lines.append(f"augment's privacy filter would replace "
+                         f"{o['privacy_filter_fraction']:.1%} of these images ({rule})")
         lines.append(f"label change with the same z (paper Fig. 9), relative to a new z: pixels "
                      f"{f(o['label_swap_pixel_ratio'], '.2f')}, features "
                      f"{f(o['label_swap_feature_ratio'], '.2f')}")
@@ -439,6 +443,26 @@ def _sha256_or_none(model: Any) -> str | None:
 
     return sha256_file(model) if isinstance(model, (str, os.PathLike)) and Path(
         model).is_file() else None
+
+
+def _privacy_rule(data: Path, images: np.ndarray) -> dict[str, Any] | None:
+    """Which images augment's privacy filter would replace, by the same rule and reference
+    (:mod:`cxraug.copy_reference`, built from this cache); None without val/test patients."""
+    import tempfile
+
+    from ..copy_reference import TrainReference, build_reference
+
+    with tempfile.TemporaryDirectory(prefix="cxraug-evaluate-") as tmp:
+        try:
+            path = build_reference(data, Path(tmp) / "ref.trainref.h5")
+        except CxrError:
+            return None
+        with TrainReference(path) as ref:
+            check = ref.check(images)
+            rule = (f"32x32 standardized thumbnail closer to a training image than "
+                    f"{100 - ref.percentile:g}% of the {ref.n_heldout} val + test patients are: "
+                    f"threshold {ref.threshold:.3g}")
+    return {"copy": check.copy, "rule": rule}
 
 
 def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
@@ -546,6 +570,7 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
         feat_median = float(np.median(held_fdist))
         near_copy = (nn_syn.distance < pix_thresh) | (nn_syn.distance == 0)
         feat_close = syn_fdist < feat_thresh
+        privacy = _privacy_rule(data, synth_all)
 
         # ---- label fidelity inputs (judge columns in evaluated-class order)
         if judge:
@@ -605,6 +630,8 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
                     "near_copies": int(near_copy[sel].sum()),
                     "near_copy_fraction": float(near_copy[sel].mean()),
                     "feature_near_fraction": float(feat_close[sel].mean()),
+                    "privacy_filter_fraction": None if privacy is None
+                    else float(privacy["copy"][sel].mean()),
                     "pixel_distance_min": float(d_pix.min()),
                     "pixel_distance_median": float(np.median(d_pix)),
                     "pixel_ratio_median": float(np.median(d_pix) / pix_median)
@@ -646,6 +673,8 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
             "near_copies": int(near_copy.sum()),
             "near_copy_fraction": float(near_copy.mean()),
             "feature_near_fraction": float(feat_close.mean()),
+            "privacy_filter_fraction": None if privacy is None
+            else float(privacy["copy"].mean()),
             "pooled": {"synthetic": pooled.to_dict(), "baseline": pooled_b.to_dict()},
             **two_sample,
         }
@@ -656,6 +685,7 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
             "near_copy_rule": f"pixel distance to the nearest training image below the "
                               f"{NEAR_COPY_PERCENTILE:g}th percentile of held-out real images' "
                               "distances to theirs (or exactly 0)",
+            "privacy_filter_rule": None if privacy is None else privacy["rule"],
         }
 
         # ---- images: samples, real grid, closest pairs
@@ -942,7 +972,8 @@ def _html(report: dict[str, Any], charts: list[tuple[str, bytes]], samples: byte
     mem_rows = [[c, v["memorization"]["near_copies"], v["memorization"]["near_copy_fraction"],
                  v["memorization"]["feature_near_fraction"],
                  v["memorization"]["pixel_distance_min"], v["memorization"]["pixel_ratio_median"],
-                 v["memorization"]["feature_ratio_median"]] for c, v in per.items()]
+                 v["memorization"]["feature_ratio_median"],
+                 v["memorization"].get("privacy_filter_fraction")] for c, v in per.items()]
     ref = report["memorization_reference"]
     flags = "".join(f"<li>{html.escape(f)}</li>" for f in report["flags"]) or \
         "<li>no warnings</li>"
@@ -988,9 +1019,12 @@ def _html(report: dict[str, Any], charts: list[tuple[str, bytes]], samples: byte
         f"<p>{html.escape(ref['near_copy_rule'])}: threshold "
         f"{fmt(ref['heldout_to_train_pixel_p01'])}"
         f" (median held-out distance {fmt(ref['heldout_to_train_pixel_median'])}, "
-        f"{ref['n_heldout']} held-out images). Ratios: synthetic distance / that median.</p>",
+        f"{ref['n_heldout']} held-out images). Ratios: synthetic distance / that median. "
+        "Privacy filter: the share `cxraug augment` would replace by its rule ("
+        f"{html.escape(str(ref.get('privacy_filter_rule')))}).</p>",
         table(mem_rows, ["class", "near-copies", "fraction", "feature-near fraction",
-                         "min px distance", "px ratio (median)", "feature ratio (median)"]),
+                         "min px distance", "px ratio (median)", "feature ratio (median)",
+                         "privacy filter"]),
         "<h3>Closest synthetic / training pairs</h3>", img(pairs, "nearest pairs"),
         "<h2>Plots</h2>",
     ]

@@ -431,7 +431,12 @@ def _open_filters(gen: OnnxGenerator, model: Path, data: Path | None, wanted: li
     """Find the privacy reference (``--privacy-reference``, else ``MODEL.trainref.h5`` beside the
     model, else built from ``--data`` when it is the cache the model was trained on) and open
     the judge. Every choice is said in ``Filters.notes``."""
-    from ..copy_reference import TrainReference, build_reference, reference_path
+    from ..copy_reference import (
+        DEFAULT_PERCENTILE,
+        TrainReference,
+        build_reference,
+        reference_path,
+    )
     from .filters import LabelJudge
 
     if max_tries < 1:
@@ -458,7 +463,8 @@ def _open_filters(gen: OnnxGenerator, model: Path, data: Path | None, wanted: li
                 same = bool(fingerprint) and str(cache.fingerprint) == fingerprint
             if same:
                 path = build_reference(data, scratch / "trainref.h5",
-                                       percentile=privacy_percentile or 5.0)
+                                       percentile=privacy_percentile or DEFAULT_PERCENTILE)
+                filters.reference_origin = f"built for this run from {data} (train split)"
         if path is None:
             filters.notes.append(
                 f"privacy filter off: no training reference for {model} (looked for "

@@ -17,7 +17,6 @@ a kept image looks at least as much like its class to the judge as nine real pat
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +95,7 @@ class LabelJudge:
                            "e.g. 0.9")
         self.path = Path(path)
         self.real_share = float(real_share)
-        self.feats = ClassifierFeatures(self.path)
+        self.feats = ClassifierFeatures(self.path, spinning=False)
         if not self.feats.has_judge:
             raise CxrError(f"--judge {self.path}: gives no class probabilities with class names; "
                            "train one with `cxraug train-classifier`")
@@ -198,6 +197,7 @@ class Filters:
     judge: LabelJudge | None = None
     max_tries: int = DEFAULT_MAX_TRIES
     notes: list[str] = field(default_factory=list)
+    reference_origin: str = ""  # the reference file, or the cache it was built from for this run
 
     @property
     def active(self) -> bool:
@@ -232,21 +232,11 @@ class Filters:
     def describe(self) -> dict[str, Any]:
         return {"max_tries": self.max_tries,
                 "privacy": None if self.privacy is None else {
-                    **self.privacy.describe(), "reference": str(self.privacy.path)},
+                    **self.privacy.describe(),
+                    "reference": self.reference_origin or str(self.privacy.path)},
                 "label": None if self.judge is None else self.judge.describe()}
 
     def close(self) -> None:
         if self.privacy is not None:
             self.privacy.close()
 
-
-def judge_file_note(path: Path) -> str:
-    """A one-line description of a judge folder for notes."""
-    info = path / "classifier.json"
-    if info.is_file():
-        try:
-            meta = json.loads(info.read_text(encoding="utf-8"))
-            return f"{path} (trained on {meta.get('data', '?')})"
-        except (OSError, ValueError):
-            pass
-    return str(path)
