@@ -55,6 +55,12 @@ def test_augment_without_model_in_a_fresh_process(tmp_path: Path) -> None:
     first = proc.stderr.splitlines()[:2]
     assert first[0].startswith("using the default generator") and "nih-sample-64.onnx" in first[0]
     assert first[1].startswith("no real data given") and "from 0 to 2" in first[1]
+    # the shipped training reference turns the privacy filter on without being asked
+    assert any(line.startswith("privacy filter on: ") and "362 training images" in line
+               for line in proc.stderr.splitlines())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["filters"]["privacy"]["n_train"] == 362
+    assert all(row["filter"]["kept"] == 2 for row in manifest["classes"])
     lines = (out / "Data_Entry_2017.csv").read_text().splitlines()
     assert lines[0] == NIH_HEADER_LINE and len(lines) == 1 + 15 * 2
     assert all(",PA,64,64," in line for line in lines[1:])  # view and size on every row
@@ -71,6 +77,7 @@ def test_a_non_editable_install_finds_the_default_model(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "wheel").glob("cxraug-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         assert "cxraug/exported_models/nih-sample-64.onnx" in zf.namelist()
+        assert "cxraug/exported_models/nih-sample-64.trainref.h5" in zf.namelist()
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target",
                     str(site), str(wheel)], check=True, timeout=600)

@@ -264,3 +264,24 @@ def test_filtered_output_is_the_same_across_batches_shards_and_kill_9(
     rerun = subprocess.run(_cli(*args, "--resume"), cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert files(out) == ref_files
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-tries", "0"], "--max-tries 0"),
+    (["--judge-real-share", "1.5", "--judge", "{judge}"], "--judge-real-share 1.5"),
+    (["--judge", "{tmp}/no-such-judge"], "no-such-judge"),
+    (["--privacy-percentile", "120", "--privacy-reference", "{ref}"], "--privacy-percentile 120"),
+    (["--privacy-reference", "{tmp}/none.h5"], "none.h5"),
+    (["--privacy-reference", "{ref}", "--no-privacy-filter"], "not both"),
+])
+def test_filter_options_fail_in_one_line(extra: list[str], message: str, banks: dict,
+                                         reference: Path, classifier_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    model = bank_generator(tmp_path / "g.onnx", banks["heldout"], banks["names"],
+                           banks["fingerprint"])
+    args = [a.format(judge=classifier_dir, tmp=tmp_path, ref=reference) for a in extra]
+    rc = main(["augment", "--model", str(model), "--out", str(tmp_path / "o"), "--per-class",
+               "2", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: ") and message in err[-1], err
+    assert not (tmp_path / "o" / "images").exists()

@@ -445,7 +445,7 @@ def _open_filters(gen: OnnxGenerator, model: Path, data: Path | None, wanted: li
     fingerprint = str(gen.meta.get("data_fingerprint", "") or "")
     if not privacy_filter:
         if privacy_reference is not None:
-            raise CxrError("--privacy-reference with --no-privacy-filter: give one or the other")
+            raise CxrError("--privacy-reference with --no-privacy-filter: give one, not both")
         filters.notes.append("privacy filter off (--no-privacy-filter): images are not checked "
                              "for copies of training images")
     else:
