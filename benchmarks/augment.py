@@ -44,7 +44,7 @@ def export_default(path: Path) -> Path:
     from cxraug.data.nih import PAPER_CLASSES
     from cxraug.export.onnx_export import export_generator
     from cxraug.models import build_generator
-    from cxraug.training.recipe import load_recipe
+    from cxraug.recipe import load_recipe
 
     recipe = load_recipe("cxraug-128")
     keras.utils.set_random_seed(0)

@@ -45,8 +45,8 @@ def main() -> int:
     from cxraug.evaluation.classifier import train_classifier
     from cxraug.evaluation.report import evaluate
     from cxraug.export.onnx_export import export_run
+    from cxraug.recipe import load_recipe
     from cxraug.training.loop import train
-    from cxraug.training.recipe import load_recipe
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cxraug-conditioning-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -149,7 +149,7 @@ def bench_arch(recipe_name: str, batch: int, seconds: float, threads: int,
 
     from cxraug.export import onnx_export as ox
     from cxraug.models import build_generator
-    from cxraug.training.recipe import load_recipe
+    from cxraug.recipe import load_recipe
 
     recipe = load_recipe(recipe_name)
     classes = [f"class{i}" for i in range(7)]

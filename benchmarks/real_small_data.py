@@ -148,8 +148,8 @@ def main() -> int:
     from PIL import Image
 
     from cxraug.evaluation import realism as R
+    from cxraug.recipe import load_recipe
     from cxraug.training.loop import train
-    from cxraug.training.recipe import load_recipe
 
     budgets = [float(k) for k in args.kimg.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
 
 
 def _recipe(name: str, batch: int, **model: object):
-    from cxraug.training.recipe import load_recipe
+    from cxraug.recipe import load_recipe
 
     overrides = {"train.batch_size": batch, **{f"model.{k}": v for k, v in model.items()}}
     return load_recipe(name, overrides=overrides)

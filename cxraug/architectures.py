@@ -56,8 +56,8 @@ def architecture(name: str) -> Architecture:
 
 register(Architecture("paper", "cxraug.models.paper:build_paper_generator",
                       "cxraug.models.paper:build_paper_discriminator"))
-register(Architecture("paper-dcgan", "cxraug.models.paper:build_paper_generator",
-                      "cxraug.models.paper:build_paper_discriminator", conditional=False))
+register(Architecture("paper-dcgan", "cxraug.models.paper:build_dcgan_generator",
+                      "cxraug.models.paper:build_dcgan_discriminator", conditional=False))
 register(Architecture("cxraug", "cxraug.models.cxraug_net:build_cxraug_generator",
                       "cxraug.models.cxraug_net:build_cxraug_discriminator", class_head=True,
                       cxraug_options=True))

@@ -182,7 +182,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a conditional GAN from a recipe."""
-    from .training.recipe import load_recipe
+    from .recipe import load_recipe
 
     if resume and out is not None and (out / "run.json").is_file():
         # a run knows its own cache and recipe: --resume needs neither again
@@ -232,7 +232,7 @@ def sample(
 @app.command()
 def recipes() -> None:
     """List built-in recipes and every recipe field."""
-    from .training.recipe import available_recipes, field_docs, load_recipe
+    from .recipe import available_recipes, field_docs, load_recipe
 
     for name in available_recipes():
         typer.echo(f"{name:18s} {load_recipe(name).description}")

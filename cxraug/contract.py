@@ -27,10 +27,11 @@ LABEL_MODES = (*RECIPE_LABEL_MODES, "none")
 #: The generator's inputs per label mode, in order.
 INPUTS: dict[str, tuple[str, ...]] = {"index": (Z, LABEL), "multi-hot": (Z, LABELS), "none": (Z,)}
 
-#: ``metadata_props`` of an exported generator (strings; JSON where structured).
+#: ``metadata_props`` every exported generator has, in the order they are written (strings;
+#: JSON where structured); :data:`RUN_META_KEYS` follow when the export comes from a run.
 META_KEYS = ("cxraug_version", "class_names", "latent_dim", "image_size", "label_mode", "recipe",
-             "recipe_name", "data_fingerprint", "epoch", "step", "exported_at", "arch", "view",
-             "train_images", "checkpoint", "weights")
+             "recipe_name", "arch", "data_fingerprint", "epoch", "step", "exported_at")
+RUN_META_KEYS = ("view", "train_images", "checkpoint", "weights")
 
 
 def label_input(label_mode: str) -> str | None:

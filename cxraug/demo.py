@@ -103,8 +103,8 @@ def run_demo(
         top_k=6, multi_label="drop", seed=0, overwrite=True, progress=progress))
 
     def train_step() -> None:
+        from .recipe import load_recipe
         from .training.loop import train
-        from .training.recipe import load_recipe
 
         overrides = {"train.epochs": epochs} if epochs else {}
         recipe = load_recipe(DEMO_RECIPE, overrides=overrides)

@@ -48,8 +48,8 @@ def phantom_cache(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def smoke_run(phantom_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished smoke-32 run on the phantom cache (a few epochs: seconds on 2 cores)."""
+    from cxraug.recipe import load_recipe
     from cxraug.training.loop import train
-    from cxraug.training.recipe import load_recipe
 
     out = tmp_path_factory.mktemp("runs") / "smoke"
     recipe = load_recipe("smoke-32", overrides={"train.epochs": 3, "train.checkpoint_every": 1})

@@ -41,7 +41,7 @@ def _tiny_generator(arch: str, label_mode: str = "index", seed: int = 0):
     import keras
 
     from cxraug.models import build_generator
-    from cxraug.training.recipe import load_recipe
+    from cxraug.recipe import load_recipe
 
     base = {"cxraug": "smoke-32", "paper": "paper-128", "paper-dcgan": "paper-dcgan-128"}[arch]
     overrides = {"model.image_size": 32, "model.label_mode": label_mode}

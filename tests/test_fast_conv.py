@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 
 from cxraug.models import build_generator  # noqa: E402
 from cxraug.models.layers import FastGradConv2D, fast_grad_conv2d, same_padding  # noqa: E402
-from cxraug.training.recipe import ModelConfig  # noqa: E402
+from cxraug.recipe import ModelConfig  # noqa: E402
 
 RTOL = 1e-4
 

@@ -28,7 +28,7 @@ from cxraug.models.layers import (  # noqa: E402
     SNDense,
     Upsample2x,
 )
-from cxraug.training.recipe import ModelConfig, load_recipe  # noqa: E402
+from cxraug.recipe import ModelConfig, load_recipe  # noqa: E402
 
 C = 7
 

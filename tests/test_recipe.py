@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cxraug.errors import CxrError
-from cxraug.training.recipe import available_recipes, field_docs, load_recipe
+from cxraug.recipe import available_recipes, field_docs, load_recipe
 
 BUILTIN = ["cxraug-128", "paper-128", "paper-dcgan-128", "small-data-64", "smoke-32"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cxraug.errors import CxrError
-from cxraug.training.recipe import load_recipe
+from cxraug.recipe import load_recipe
 
 
 def _weights(run_dir: Path, checkpoint: str | None = None) -> dict[str, list[np.ndarray]]:

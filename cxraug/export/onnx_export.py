@@ -44,24 +44,18 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..contract import IMAGE, INPUTS, LABEL, LABELS, META_KEYS, Z
 from ..errors import CxrError
 from ..io_utils import atomic_path
 
-#: Inputs of the ONNX file per label mode (docs/ARCHITECTURE.md).
-ONNX_INPUTS: dict[str, tuple[str, ...]] = {
-    "index": ("z", "label"),
-    "multi-hot": ("z", "labels"),
-    "none": ("z",),
-}
-OUTPUT_NAME = "image"
+#: Inputs of the ONNX file per label mode and its output (docs/ARCHITECTURE.md).
+ONNX_INPUTS = INPUTS
+OUTPUT_NAME = IMAGE
 PARITY_N = 256
 PARITY_TOL = 1e-4
 FP16_TOL = 2e-2
 #: tf2onnx accepts opsets 9-18; Resize with the modes used here needs 13+.
 OPSETS = range(13, 19)
-#: Metadata keys written into every file, in this order.
-META_KEYS = ("cxraug_version", "class_names", "latent_dim", "image_size", "label_mode", "recipe",
-             "recipe_name", "arch", "data_fingerprint", "epoch", "step", "exported_at")
 
 
 @dataclass
@@ -125,16 +119,16 @@ def generator_spec(model: Any) -> GeneratorSpec:
     if not inputs:
         raise ValueError("the generator must be a functional Keras model with named inputs")
     named = {_input_name(t): t for t in inputs}
-    if set(named) == {"z"}:
+    if set(named) == {Z}:
         mode = "none"
-    elif set(named) == {"z", "label"}:
+    elif set(named) == {Z, LABEL}:
         mode = "index"
-    elif set(named) == {"z", "labels"}:
+    elif set(named) == {Z, LABELS}:
         mode = "multi-hot"
     else:
         raise ValueError(f"generator inputs {sorted(named)} do not follow the models contract "
                          "(z, and label or labels)")
-    z_shape = tuple(named["z"].shape)
+    z_shape = tuple(named[Z].shape)
     if len(z_shape) != 2 or not z_shape[1]:
         raise ValueError(f"generator input z must be [N, latent], got {z_shape}")
     out_shape = tuple(model.outputs[0].shape)
@@ -142,7 +136,7 @@ def generator_spec(model: Any) -> GeneratorSpec:
         raise ValueError(f"generator output must be [N, H, H, 1], got {out_shape}")
     num_labels = None
     if mode == "multi-hot":
-        num_labels = int(tuple(named["labels"].shape)[-1])
+        num_labels = int(tuple(named[LABELS].shape)[-1])
     return GeneratorSpec(
         label_mode=mode, latent_dim=int(z_shape[1]), image_size=int(out_shape[1]),
         num_labels=num_labels,
@@ -160,9 +154,9 @@ def to_onnx(model: Any, opset: int = 17) -> Any:
     import tensorflow as tf
 
     spec = generator_spec(model)
-    onnx_specs = {"z": tf.TensorSpec([None, spec.latent_dim], tf.float32, name="z"),
-                  "label": tf.TensorSpec([None], tf.int64, name="label"),
-                  "labels": tf.TensorSpec([None, spec.num_labels], tf.float32, name="labels")}
+    onnx_specs = {Z: tf.TensorSpec([None, spec.latent_dim], tf.float32, name=Z),
+                  LABEL: tf.TensorSpec([None], tf.int64, name=LABEL),
+                  LABELS: tf.TensorSpec([None, spec.num_labels], tf.float32, name=LABELS)}
     names = ONNX_INPUTS[spec.label_mode]
     signature = [onnx_specs[n] for n in names]
     keras_dtypes = dict(spec.keras_inputs)
@@ -773,8 +767,8 @@ def _stamp(model: Any, meta: dict[str, str], spec: GeneratorSpec) -> None:
         f"{what[spec.label_mode]} -> image float32 [N, {spec.image_size}, {spec.image_size}, 1] "
         f"in [-1, 1]. Classes: {', '.join(json.loads(meta['class_names'])) or '-'}. "
         "Made by `cxraug export-onnx`; see `cxraug inspect`.")
-    graph_doc = {"z": "latent vector, standard normal", "label": "class index (int64)",
-                 "labels": "multi-hot class vector (float32 0/1)"}
+    graph_doc = {Z: "latent vector, standard normal", LABEL: "class index (int64)",
+                 LABELS: "multi-hot class vector (float32 0/1)"}
     for vi in list(model.graph.input) + list(model.graph.output):
         dims = vi.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
@@ -790,13 +784,13 @@ def parity_inputs(spec: GeneratorSpec, num_classes: int, n: int = PARITY_N,
                   seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic check inputs covering every class (and random multi-hot combinations)."""
     rng = np.random.default_rng(seed)
-    feeds = {"z": rng.standard_normal((n, spec.latent_dim)).astype(np.float32)}
+    feeds = {Z: rng.standard_normal((n, spec.latent_dim)).astype(np.float32)}
     if spec.label_mode == "index":
-        feeds["label"] = (np.arange(n) % num_classes).astype(np.int64)
+        feeds[LABEL] = (np.arange(n) % num_classes).astype(np.int64)
     elif spec.label_mode == "multi-hot":
         hot = (rng.random((n, num_classes)) < 0.3).astype(np.float32)
         hot[np.arange(n) % 4 == 0] = 0.0  # "No Finding"-style all-zero rows too
-        feeds["labels"] = hot
+        feeds[LABELS] = hot
     return feeds
 
 
@@ -805,7 +799,7 @@ def keras_outputs(model: Any, spec: GeneratorSpec, feeds: dict[str, np.ndarray],
     """The Keras generator in inference mode (``training=False``) on ``feeds``."""
     dtypes = dict(spec.keras_inputs)
     order = [name for name, _ in spec.keras_inputs]
-    n = len(feeds["z"])
+    n = len(feeds[Z])
     parts = []
     for start in range(0, n, batch):
         args = [feeds[name][start:start + batch].astype(dtypes[name]) for name in order]
@@ -822,7 +816,7 @@ def onnx_outputs(path: str | os.PathLike, feeds: dict[str, np.ndarray],
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    n = len(feeds["z"])
+    n = len(feeds[Z])
     parts = [session.run([OUTPUT_NAME], {k: v[s:s + batch] for k, v in feeds.items()})[0]
              for s in range(0, n, batch)]
     return np.concatenate(parts), session.get_providers()[0]

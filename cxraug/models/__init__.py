@@ -12,12 +12,12 @@ from typing import Any
 
 import keras
 
+from ..architectures import architecture
+from ..contract import label_input, label_mode_of
 from ..errors import CxrError
-from ..training.recipe import ARCHS, ModelConfig
+from ..recipe import ModelConfig, validate_model
 from . import layers as _layers  # noqa: F401  (registers the custom layers for load_model)
-from .cxraug_net import build_cxraug_discriminator, build_cxraug_generator
 from .layers import FastGradConv2D, refresh_batchnorm_statistics
-from .paper import build_paper_discriminator, build_paper_generator
 
 __all__ = [
     "build_generator",
@@ -31,42 +31,36 @@ __all__ = [
 
 
 def _check(cfg: ModelConfig, num_classes: int) -> None:
-    if cfg.arch not in ARCHS:
-        raise CxrError(f"model.arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
-    if not (32 <= cfg.image_size <= 1024 and cfg.image_size % 16 == 0):
-        raise CxrError(f"model.image_size must be a multiple of 16 between 32 and 1024, "
-                       f"got {cfg.image_size}")
-    if cfg.arch != "paper-dcgan" and num_classes < 1:
+    """The recipe's model checks (configs can be made in code) and the class count."""
+    validate_model(cfg, "model config")
+    if architecture(cfg.arch).conditional and num_classes < 1:
         raise CxrError(f"a conditional model needs at least one class, got {num_classes}")
 
 
 def build_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
-    """The generator for ``cfg.arch`` (weights freshly initialized from Keras' global seed)."""
+    """The generator of the family ``cfg.arch`` (weights from Keras' global seed)."""
     _check(cfg, num_classes)
-    if cfg.arch == "cxraug":
-        return build_cxraug_generator(cfg, num_classes)
-    return build_paper_generator(cfg, num_classes)
+    return architecture(cfg.arch).builder("generator")(cfg, num_classes)
 
 
 def build_discriminator(cfg: ModelConfig, num_classes: int,
                         class_head: bool = False) -> keras.Model:
-    """The discriminator for ``cfg.arch``; it returns logits, never probabilities.
+    """The discriminator of ``cfg.arch``; it returns logits, never probabilities.
 
-    ``class_head`` (cxraug only) adds a second output, class logits [N, C].
+    ``class_head`` (families registered with ``class_head=True``) adds a second output, class
+    logits [N, C].
     """
     _check(cfg, num_classes)
-    if cfg.arch == "cxraug":
-        return build_cxraug_discriminator(cfg, num_classes, class_head=class_head)
-    if class_head:
+    family = architecture(cfg.arch)
+    if class_head and not family.class_head:
         raise CxrError(f"the {cfg.arch} discriminator has no class head; use model.arch cxraug")
-    return build_paper_discriminator(cfg, num_classes)
+    build = family.builder("discriminator")
+    return build(cfg, num_classes, class_head=True) if class_head else build(cfg, num_classes)
 
 
 def label_input_name(cfg: ModelConfig) -> str | None:
-    """``"label"`` (int index), ``"labels"`` (multi-hot) or ``None`` (unconditional DCGAN)."""
-    if cfg.arch == "paper-dcgan":
-        return None
-    return "labels" if cfg.label_mode == "multi-hot" else "label"
+    """``"label"`` (int index), ``"labels"`` (multi-hot) or ``None`` (unconditional)."""
+    return label_input(label_mode_of(cfg))
 
 
 def _layer_flops(layer: keras.layers.Layer) -> int:

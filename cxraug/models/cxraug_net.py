@@ -41,7 +41,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ..training.recipe import MINIBATCH_STD_GROUP, ModelConfig
+from ..recipe import MINIBATCH_STD_GROUP, ModelConfig
 from .layers import (
     ClassEmbedding,
     ConditionalBatchNorm,
@@ -50,15 +50,10 @@ from .layers import (
     SNConv2D,
     SNDense,
     Upsample2x,
+    label_input_tensor,
 )
 
 MIN_G_CHANNELS = 16
-
-
-def _label_input(cfg: ModelConfig, num_classes: int) -> keras.KerasTensor:
-    if cfg.label_mode == "multi-hot":
-        return keras.Input(shape=(num_classes,), dtype="float32", name="labels")
-    return keras.Input(shape=(), dtype="int32", name="label")
 
 
 def base_resolution(image_size: int) -> tuple[int, int]:
@@ -89,7 +84,7 @@ def build_cxraug_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
     multi_hot = cfg.label_mode == "multi-hot"
     widths = generator_widths(cfg)
     z = keras.Input(shape=(cfg.latent_dim,), dtype="float32", name="z")
-    label = _label_input(cfg, num_classes)
+    label = label_input_tensor(cfg.label_mode, num_classes)
     # N(0, 1) like z: with Keras' default N(0, 0.05) the label is 20x quieter than the noise in
     # the first layer and a CPU-length run learns to ignore it (benchmarks/conditioning.py)
     e = ClassEmbedding(num_classes, cfg.embedding_dim, multi_hot=multi_hot,
@@ -132,7 +127,7 @@ def build_cxraug_discriminator(cfg: ModelConfig, num_classes: int,
     widths = discriminator_widths(cfg)
     s = cfg.image_size
     image = keras.Input(shape=(s, s, 1), dtype="float32", name="image")
-    label = _label_input(cfg, num_classes)
+    label = label_input_tensor(cfg.label_mode, num_classes)
     x = SNConv2D(widths[0], 3, padding="same", spectral_norm=sn, name=f"d{s}_conv")(image)
     x = layers.LeakyReLU(negative_slope=0.2, name=f"d{s}_lrelu")(x)
     for i, cout in enumerate(widths[1:]):

@@ -510,3 +510,14 @@ class GlobalSumPooling2D(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         return (input_shape[0], input_shape[-1])
+
+
+def label_input_tensor(label_mode: str, num_classes: int) -> keras.KerasTensor:
+    """The label ``keras.Input`` of a conditional network (names from :mod:`cxraug.contract`):
+    int32 class index ``[N]`` or float32 multi-hot ``[N, C]``."""
+    from ..contract import LABEL, LABELS
+
+    if label_mode == "multi-hot":
+        return keras.Input(shape=(num_classes,), dtype="float32", name=LABELS)
+    return keras.Input(shape=(), dtype="int32", name=LABEL)
+

@@ -22,14 +22,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ..training.recipe import ModelConfig
-from .layers import FastGradConv2D
-
-
-def _label_input(cfg: ModelConfig, num_classes: int) -> keras.KerasTensor:
-    if cfg.label_mode == "multi-hot":
-        return keras.Input(shape=(num_classes,), dtype="float32", name="labels")
-    return keras.Input(shape=(), dtype="int32", name="label")
+from ..contract import IMAGE, Z
+from ..recipe import ModelConfig
+from .layers import FastGradConv2D, label_input_tensor
 
 
 def _label_embedding(cfg: ModelConfig, num_classes: int, label: keras.KerasTensor,
@@ -55,7 +50,7 @@ def _upsampling_trunk(x: keras.KerasTensor, cfg: ModelConfig) -> keras.KerasTens
         x = layers.LeakyReLU(negative_slope=0.2, name=f"up{i + 1}_lrelu")(x)
     x = _final_conv(cfg)(x)
     # a float32 identity, so the output is float32 under a mixed-precision policy too (no weights)
-    return layers.Activation("linear", dtype="float32", name="image")(x)
+    return layers.Activation("linear", dtype="float32", name=IMAGE)(x)
 
 
 def seed_channels(cfg: ModelConfig) -> int:
@@ -64,16 +59,35 @@ def seed_channels(cfg: ModelConfig) -> int:
 
 
 def build_paper_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
-    """z (+ label) -> the paper's generator; conditional unless ``cfg.arch == 'paper-dcgan'``."""
+    """z + label -> the paper's conditional generator."""
+    return _generator(cfg, num_classes, conditional=True)
+
+
+def build_dcgan_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
+    """z -> the paper's unconditional DCGAN generator (``paper-dcgan``)."""
+    return _generator(cfg, num_classes, conditional=False)
+
+
+def build_paper_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Model:
+    """(image, label) -> logits [N, 1]; the paper's sigmoid lives in the loss."""
+    return _discriminator(cfg, num_classes, conditional=True)
+
+
+def build_dcgan_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Model:
+    """image -> logits [N, 1], the paper's unconditional discriminator."""
+    return _discriminator(cfg, num_classes, conditional=False)
+
+
+def _generator(cfg: ModelConfig, num_classes: int, conditional: bool) -> keras.Model:
     grid = cfg.image_size // 16
     seed = seed_channels(cfg)
-    z = keras.Input(shape=(cfg.latent_dim,), dtype="float32", name="z")
+    z = keras.Input(shape=(cfg.latent_dim,), dtype="float32", name=Z)
     x = layers.Dense(grid * grid * seed, name="z_dense")(z)
     x = layers.LeakyReLU(negative_slope=0.2, name="z_lrelu")(x)
     x = layers.Reshape((grid, grid, seed), name="z_grid")(x)
-    if cfg.arch == "paper-dcgan":
+    if not conditional:
         return keras.Model(z, _upsampling_trunk(x, cfg), name="paper_dcgan_generator")
-    label = _label_input(cfg, num_classes)
+    label = label_input_tensor(cfg.label_mode, num_classes)
     e = _label_embedding(cfg, num_classes, label, "label_embedding")
     e = layers.Dense(grid * grid * seed, name="label_dense")(e)
     e = layers.Reshape((grid, grid, seed), name="label_grid")(e)
@@ -81,17 +95,16 @@ def build_paper_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
     return keras.Model([z, label], _upsampling_trunk(x, cfg), name="paper_generator")
 
 
-def build_paper_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Model:
-    """(image [+ label]) -> logits [N, 1]; the paper's sigmoid lives in the loss."""
+def _discriminator(cfg: ModelConfig, num_classes: int, conditional: bool) -> keras.Model:
     s = cfg.image_size
-    image = keras.Input(shape=(s, s, 1), dtype="float32", name="image")
-    if cfg.arch == "paper-dcgan":
+    image = keras.Input(shape=(s, s, 1), dtype="float32", name=IMAGE)
+    if not conditional:
         # the paper's unconditional discriminator: its last convolution has half the filters
         widths = [cfg.filters] * 3 + [seed_channels(cfg)]
         x, inputs = image, image
     else:
         widths = [cfg.filters] * 4
-        label = _label_input(cfg, num_classes)
+        label = label_input_tensor(cfg.label_mode, num_classes)
         e = _label_embedding(cfg, num_classes, label, "label_embedding")
         e = layers.Dense(s * s, name="label_dense")(e)
         e = layers.Reshape((s, s, 1), name="label_channel")(e)
@@ -103,5 +116,5 @@ def build_paper_discriminator(cfg: ModelConfig, num_classes: int) -> keras.Model
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(0.4, name="dropout")(x)
     logits = layers.Dense(1, dtype="float32", name="logits")(x)  # float32 under mixed precision
-    name = "paper_dcgan_discriminator" if cfg.arch == "paper-dcgan" else "paper_discriminator"
+    name = "paper_discriminator" if conditional else "paper_dcgan_discriminator"
     return keras.Model(inputs, logits, name=name)

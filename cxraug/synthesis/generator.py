@@ -19,18 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import IMAGE, INPUTS, LABEL, LABELS, Z
 from ..errors import CxrError
 from ..grid import to_uint8  # noqa: F401  (re-exported: augment and users import it here)
 
 #: Metadata keys every cxraug generator carries; the rest of the card is informative.
 REQUIRED_META: tuple[str, ...] = ("class_names", "latent_dim", "image_size", "label_mode")
-#: Input names per label mode, in the order :meth:`OnnxGenerator.generate` feeds them.
-INPUTS_BY_MODE: dict[str, tuple[str, ...]] = {
-    "index": ("z", "label"),
-    "multi-hot": ("z", "labels"),
-    "none": ("z",),
-}
-OUTPUT_NAME = "image"
+#: Input names per label mode (:mod:`cxraug.contract`), and the output's name.
+INPUTS_BY_MODE = INPUTS
+OUTPUT_NAME = IMAGE
 #: The generator that ships with cxraug (installed with the package; exported_models/README.md
 #: says what it was trained on and how), used by ``augment`` when no ``--model`` is given.
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "exported_models" / "nih-sample-64.onnx"
@@ -216,14 +213,14 @@ class OnnxGenerator:
             raise CxrError(
                 f"{self.path}: inputs {sorted(inputs)} do not match label_mode {mode!r}, which "
                 f"needs exactly {list(expected)}; {_EXPORT_FIX}")
-        want_type = {"z": "tensor(float)", "label": "tensor(int64)", "labels": "tensor(float)"}
-        want_last = {"z": self.latent_dim, "labels": len(self.class_names)}
+        want_type = {Z: "tensor(float)", LABEL: "tensor(int64)", LABELS: "tensor(float)"}
+        want_last = {Z: self.latent_dim, LABELS: len(self.class_names)}
         for name, info in inputs.items():
             if info.type != want_type[name]:
                 raise CxrError(f"{self.path}: input {name!r} is {info.type}, expected "
                                f"{want_type[name]}; {_EXPORT_FIX}")
             dims = _dims(info.shape)
-            rank = 1 if name == "label" else 2
+            rank = 1 if name == LABEL else 2
             if len(dims) != rank or (name in want_last and dims[-1] not in (None, want_last[name])):
                 raise CxrError(f"{self.path}: input {name!r} has shape {info.shape}, expected "
                                f"{'[N]' if rank == 1 else f'[N, {want_last[name]}]'}; "
@@ -271,20 +268,20 @@ class OnnxGenerator:
         z = np.ascontiguousarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must be [N, {self.latent_dim}], got {z.shape}")
-        feeds: dict[str, np.ndarray] = {"z": z}
+        feeds: dict[str, np.ndarray] = {Z: z}
         if self.label_mode == "index":
             lab = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
             if lab.shape[0] != z.shape[0]:
                 raise ValueError(f"{lab.shape[0]} labels for {z.shape[0]} latents")
             if lab.size and (lab.min() < 0 or lab.max() >= len(self.class_names)):
                 raise ValueError(f"labels must be in 0..{len(self.class_names) - 1}")
-            feeds["label"] = lab
+            feeds[LABEL] = lab
         elif self.label_mode == "multi-hot":
             hot = np.ascontiguousarray(labels, dtype=np.float32)
             if hot.shape != (z.shape[0], len(self.class_names)):
                 raise ValueError(f"multi-hot labels must be [{z.shape[0]}, "
                                  f"{len(self.class_names)}], got {hot.shape}")
-            feeds["labels"] = hot
+            feeds[LABELS] = hot
         if self.specialize and z.shape[0]:
             image = self._generate_by_label(z, feeds)
         else:
@@ -311,9 +308,9 @@ class OnnxGenerator:
             part = slice(idx[0], idx[-1] + 1) if idx[-1] - idx[0] + 1 == idx.size else idx
             session = self._session_for(value)
             if session is None:
-                (image[part],) = self.session.run([OUTPUT_NAME], {"z": z[part], name: rows[part]})
+                (image[part],) = self.session.run([OUTPUT_NAME], {Z: z[part], name: rows[part]})
             else:
-                (image[part],) = session.run([OUTPUT_NAME], {"z": z[part]})
+                (image[part],) = session.run([OUTPUT_NAME], {Z: z[part]})
         return image
 
     def _session_for(self, value: np.ndarray) -> Any:
@@ -333,7 +330,7 @@ class OnnxGenerator:
         from .specialize import specialize_for_label
 
         name = INPUTS_BY_MODE[self.label_mode][1]
-        label = value.reshape(1, *value.shape).astype(np.int64 if name == "label" else np.float32)
+        label = value.reshape(1, *value.shape).astype(np.int64 if name == LABEL else np.float32)
         if self._proto is None:
             self._proto = onnx.load(str(self.path))
         special = specialize_for_label(self._proto, name, label)
@@ -351,8 +348,8 @@ class OnnxGenerator:
                                                sess_options=options, providers=providers)
             check = np.random.default_rng(0).standard_normal(
                 (4, self.latent_dim)).astype(np.float32)
-            (full,) = self.session.run([OUTPUT_NAME], {"z": check, name: np.repeat(label, 4, 0)})
-            (fast,) = session.run([OUTPUT_NAME], {"z": check})
+            (full,) = self.session.run([OUTPUT_NAME], {Z: check, name: np.repeat(label, 4, 0)})
+            (fast,) = session.run([OUTPUT_NAME], {Z: check})
         except Exception as exc:  # onnxruntime rejects the rewritten graph: keep the full one
             return self._fallback(value, f"onnxruntime rejected the specialized graph "
                                          f"({type(exc).__name__})")

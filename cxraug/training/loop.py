@@ -42,11 +42,12 @@ import numpy as np
 import tensorflow as tf
 
 from .. import __version__
+from ..contract import IMAGE, LABEL, LABELS, Z, inputs_for, label_input, label_mode_of
 from ..errors import CxrError
 from ..io_utils import write_text_atomic
 from ..progress import progress_bar
+from ..recipe import Recipe, load_recipe
 from .dataset import CacheDataset
-from .recipe import Recipe, load_recipe
 from .run import (
     BEST_PREFIX,
     CHECKPOINT_PREFIX,
@@ -192,8 +193,8 @@ class GANTrainer:
         self.ema_decay = float(t.ema_decay)
         self.aux_weight = float(t.aux_class_weight)
         self.ada = t.ada_target > 0
-        self.label_mode = "none" if m.arch == "paper-dcgan" else m.label_mode
-        self.label_key = "labels" if self.label_mode == "multi-hot" else "label"
+        self.label_mode = label_mode_of(m)
+        self.label_key = label_input(self.label_mode) or LABEL
         self.fake_labels = "data" if self.label_mode == "multi-hot" else t.fake_labels
         unit = 2 * self.replicas if self.half else self.replicas
         if t.batch_size % unit:
@@ -256,19 +257,19 @@ class GANTrainer:
 
     def generate(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Images [N, H, W, 1] in [-1, 1] from the sampled generator, in inference mode."""
-        inputs = z if self.label_mode == "none" else {"z": z, self.label_key: labels}
+        inputs = inputs_for(self.label_mode, z, labels)
         return np.asarray(self.sample_generator(inputs, training=False), dtype=np.float32)
 
     # ------------------------------------------------------------------------- model calls
     def _g(self, z: tf.Tensor, labels: tf.Tensor, training: bool = True) -> tf.Tensor:
-        inputs = z if self.label_mode == "none" else {"z": z, self.label_key: labels}
+        inputs = inputs_for(self.label_mode, z, labels)
         return tf.cast(self.generator(inputs, training=training), tf.float32)
 
     def _d(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         """(real/fake logits [N, 1], class logits [N, C] or None without the class head)."""
         images = diff_augment(images, self.policies, self.rng,
                               self.aug_p if self.ada else None)
-        inputs = images if self.label_mode == "none" else {"image": images,
+        inputs = images if self.label_mode == "none" else {IMAGE: images,
                                                             self.label_key: labels}
         out = self.discriminator(inputs, training=True)
         if self.aux_weight > 0:
@@ -419,7 +420,7 @@ class GANTrainer:
                     labels = rng.integers(0, self.num_classes, n).astype(np.int32)
                 else:
                     labels = label_pool[rng.integers(0, len(label_pool), n)]
-                yield {"z": z, self.label_key: labels}
+                yield {Z: z, self.label_key: labels}
 
         from ..models import refresh_batchnorm_statistics
 
@@ -705,7 +706,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     if in_epoch < 0 or in_epoch > spe:
         raise CxrError(f"--resume: checkpoint step {step} does not fit {spe} steps per epoch; "
                        "the run folder does not match this cache or batch size")
-    label_pool = dataset.multi_hot.astype(np.float32) if trainer.label_key == "labels" else \
+    label_pool = dataset.multi_hot.astype(np.float32) if trainer.label_key == LABELS else \
         dataset.labels.astype(np.int32)
     tracker = None
     if t.eval_every:

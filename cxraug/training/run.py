@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..contract import label_mode_of
 from ..errors import CxrError
 from ..io_utils import write_json_atomic
-from .recipe import Recipe, load_recipe
+from ..recipe import Recipe, load_recipe
 
 CHECKPOINT_PREFIX = "ckpt"
 #: The checkpoint kept by train.eval_every: the most realistic one so far (``best-<step>``).
@@ -164,9 +165,7 @@ class LoadedGenerator:
 
     @property
     def label_mode(self) -> str:
-        if self.recipe.model.arch == "paper-dcgan":
-            return "none"
-        return self.recipe.model.label_mode
+        return label_mode_of(self.recipe.model)
 
 
 def load_run_recipe(run_dir: str | Path) -> Recipe:

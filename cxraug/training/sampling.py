@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..contract import inputs_for
 from ..errors import CxrError
 from ..grid import labelled_grid, to_uint8
 from ..io_utils import atomic_path
@@ -52,8 +53,7 @@ def generate_grid(
         out = generator(z_all, training=False)
     else:
         labels = np.repeat(row_labels, columns, axis=0)
-        key = "labels" if label_mode == "multi-hot" else "label"
-        out = generator({"z": z_all, key: labels}, training=False)
+        out = generator(inputs_for(label_mode, z_all, labels), training=False)
     images = np.asarray(out, dtype=np.float32)
     return images.reshape(rows, columns, images.shape[1], images.shape[2]), names
 

@@ -18,12 +18,15 @@ from typing import Any
 
 import tomllib
 
-from ..errors import CxrError
+from .architectures import ARCHITECTURES, architecture
+from .contract import RECIPE_LABEL_MODES
+from .errors import CxrError
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
-ARCHS = ("paper", "paper-dcgan", "cxraug")
-LABEL_MODES = ("index", "multi-hot")
+#: Network families (registered in :mod:`cxraug.architectures`) and recipe label modes.
+ARCHS = tuple(ARCHITECTURES)
+LABEL_MODES = RECIPE_LABEL_MODES
 LOSSES = ("bce", "hinge")
 DIFFAUG_POLICIES = ("translation", "cutout", "brightness", "contrast")
 FAKE_LABELS = ("uniform", "data")
@@ -254,15 +257,16 @@ def _build_section(cls: type, values: Any, source: str, section: str) -> Any:
     return cls(**kwargs)
 
 
-def validate(recipe: Recipe, source: str = "<recipe>") -> None:
-    """Range and consistency checks; raise :class:`CxrError` on the first problem."""
-    m, t = recipe.model, recipe.train
+def validate_model(m: ModelConfig, source: str = "<model config>") -> None:
+    """The ``[model]`` table's ranges and what its architecture allows (builders call it too,
+    for configs made in code); raises :class:`CxrError` on the first problem."""
 
     def fail(msg: str) -> None:
         raise CxrError(f"recipe {source}: {msg}")
 
-    if m.arch not in ARCHS:
-        fail(f"model.arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
+    if m.arch not in ARCHITECTURES:
+        fail(f"model.arch must be one of {', '.join(ARCHITECTURES)}, got {m.arch!r}")
+    family = architecture(m.arch)
     if m.label_mode not in LABEL_MODES:
         fail(f"model.label_mode must be one of {', '.join(LABEL_MODES)}, got {m.label_mode!r}")
     if not (32 <= m.image_size <= 1024 and m.image_size % 16 == 0):
@@ -270,8 +274,26 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     for key in ("latent_dim", "embedding_dim", "filters", "g_channels", "d_channels"):
         if getattr(m, key) < 1:
             fail(f"model.{key} must be at least 1, got {getattr(m, key)}")
-    if m.arch == "paper-dcgan" and m.label_mode != "index":
-        fail("model.arch paper-dcgan is unconditional; leave label_mode = \"index\"")
+    if not family.conditional and m.label_mode != "index":
+        fail(f"model.arch {m.arch} is unconditional; leave label_mode = \"index\"")
+    if m.upsample not in UPSAMPLE:
+        fail(f"model.upsample must be one of {', '.join(UPSAMPLE)}, got {m.upsample!r}")
+    if m.upsample != "nearest" and not family.cxraug_options:
+        fail(f"model.upsample = {m.upsample!r} needs model.arch = \"cxraug\" (the paper's "
+             "generator upsamples by transposed convolutions)")
+    if m.minibatch_std and not family.cxraug_options:
+        fail("model.minibatch_std needs model.arch = \"cxraug\"; set it to false")
+
+
+def validate(recipe: Recipe, source: str = "<recipe>") -> None:
+    """Range and consistency checks; raise :class:`CxrError` on the first problem."""
+    m, t = recipe.model, recipe.train
+
+    def fail(msg: str) -> None:
+        raise CxrError(f"recipe {source}: {msg}")
+
+    validate_model(m, source)
+    family = architecture(m.arch)
     if t.loss not in LOSSES:
         fail(f"train.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
     if t.epochs < 1:
@@ -287,13 +309,6 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
              '(e.g. ["translation", "cutout"]) or set ada_target = 0')
     if t.ada_kimg <= 0:
         fail(f"train.ada_kimg must be positive, got {t.ada_kimg}")
-    if m.upsample not in UPSAMPLE:
-        fail(f"model.upsample must be one of {', '.join(UPSAMPLE)}, got {m.upsample!r}")
-    if m.upsample != "nearest" and m.arch != "cxraug":
-        fail(f"model.upsample = {m.upsample!r} needs model.arch = \"cxraug\" (the paper's "
-             "generator upsamples by transposed convolutions)")
-    if m.minibatch_std and m.arch != "cxraug":
-        fail("model.minibatch_std needs model.arch = \"cxraug\"; set it to false")
     if m.minibatch_std and t.batch_size % (2 * MINIBATCH_STD_GROUP if t.d_half_batches
                                            else MINIBATCH_STD_GROUP):
         fail(f"model.minibatch_std compares groups of {MINIBATCH_STD_GROUP} images: "
@@ -311,7 +326,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         fail(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if not 0 <= t.aux_class_weight <= 100:
         fail(f"train.aux_class_weight must be in [0, 100], got {t.aux_class_weight}")
-    if t.aux_class_weight > 0 and m.arch != "cxraug":
+    if t.aux_class_weight > 0 and not family.class_head:
         fail(f"train.aux_class_weight needs model.arch = \"cxraug\" (the {m.arch} "
              "discriminator has no class head); set it to 0")
     bad = [p for p in t.diffaugment if p not in DIFFAUG_POLICIES]

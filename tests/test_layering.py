@@ -1,0 +1,93 @@
+"""The package's layering: contracts below the stages, TF-free stages stay TF-free, and the
+architecture registry is the one place a network family is added."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cxraug.architectures import ARCHITECTURES, Architecture, architecture, register
+from cxraug.contract import INPUTS, LABEL, LABELS, Z, inputs_for, label_input, label_mode_of
+from cxraug.errors import CxrError
+from cxraug.recipe import ModelConfig, load_recipe
+
+
+def _modules_after(code: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                          "print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_models_import_nothing_from_training() -> None:
+    loaded = _modules_after("import cxraug.models, cxraug.models.paper, cxraug.models.cxraug_net")
+    assert not [m for m in loaded if m.startswith("cxraug.training")]
+
+
+def test_tf_free_modules_stay_tf_free() -> None:
+    loaded = _modules_after(
+        "import cxraug.recipe, cxraug.contract, cxraug.architectures, cxraug.copy_reference, "
+        "cxraug.neighbors, cxraug.data.cache, cxraug.data.labels, cxraug.data.phantom, "
+        "cxraug.synthesis.augment, cxraug.synthesis.filters, cxraug.synthesis.specialize, "
+        "cxraug.evaluation.report, cxraug.evaluation.metrics, cxraug.evaluation.realism\n"
+        "cxraug.recipe.load_recipe('cxraug-128')")
+    assert not [m for m in loaded if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx")]
+
+
+def test_the_generator_contract_in_one_place() -> None:
+    from cxraug.export import onnx_export
+    from cxraug.synthesis import generator
+
+    assert onnx_export.ONNX_INPUTS is INPUTS and generator.INPUTS_BY_MODE is INPUTS
+    assert label_input("index") == LABEL and label_input("multi-hot") == LABELS
+    assert label_input("none") is None
+    z, lab = np.zeros((2, 3)), np.zeros(2)
+    assert inputs_for("none", z, lab) is z and set(inputs_for("index", z, lab)) == {Z, LABEL}
+    assert label_mode_of(load_recipe("paper-dcgan-128").model) == "none"
+    assert label_mode_of(load_recipe("small-data-64").model) == "multi-hot"
+
+
+def test_a_new_architecture_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A family registered by name builds through the same entry points and is validated by
+    recipes; its capabilities (no class head, not conditional) are enforced."""
+    from cxraug import models
+
+    monkeypatch.setitem(ARCHITECTURES, "tiny-test", Architecture(
+        "tiny-test", "test_layering:_tiny_generator", "test_layering:_tiny_discriminator",
+        conditional=False))
+    cfg = ModelConfig(arch="tiny-test", image_size=32, latent_dim=4)
+    g = models.build_generator(cfg, 0)
+    assert [i.name for i in g.inputs] == [Z] and tuple(g.outputs[0].shape) == (None, 32, 32, 1)
+    assert models.label_input_name(cfg) is None and label_mode_of(cfg) == "none"
+    with pytest.raises(CxrError, match="no class head"):
+        models.build_discriminator(cfg, 0, class_head=True)
+    tiny = {"model.arch": "tiny-test", "train.aux_class_weight": 0.0}
+    assert load_recipe("smoke-32", overrides=tiny).model.arch == "tiny-test"
+    with pytest.raises(CxrError, match="no class head"):  # smoke-32 trains D's class head
+        load_recipe("smoke-32", overrides={"model.arch": "tiny-test"})
+    with pytest.raises(CxrError, match="unconditional"):
+        load_recipe("smoke-32", overrides={**tiny, "model.label_mode": "multi-hot"})
+    with pytest.raises(ValueError, match="already registered"):
+        register(architecture("cxraug"))
+    with pytest.raises(CxrError, match="model.arch must be one of"):
+        architecture("nope")
+
+
+def _tiny_generator(cfg: ModelConfig, num_classes: int):  # noqa: ANN202
+    import keras
+
+    z = keras.Input(shape=(cfg.latent_dim,), name=Z)
+    x = keras.layers.Dense(cfg.image_size * cfg.image_size, activation="tanh")(z)
+    return keras.Model(z, keras.layers.Reshape((cfg.image_size, cfg.image_size, 1),
+                                               name="image")(x))
+
+
+def _tiny_discriminator(cfg: ModelConfig, num_classes: int):  # noqa: ANN202
+    import keras
+
+    image = keras.Input(shape=(cfg.image_size, cfg.image_size, 1), name="image")
+    return keras.Model(image, keras.layers.Dense(1)(keras.layers.Flatten()(image)))
