@@ -12,6 +12,15 @@ from pathlib import Path
 import pytest
 
 _DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "nih-sample"
+#: Fixtures that train a network with TensorFlow: every test that uses one (directly or through
+#: another fixture) is marked slow here, so ``pytest -m "not slow"`` trains nothing.
+TRAINING_FIXTURES = frozenset({"smoke_run", "smoke_onnx", "classifier_dir"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 NIH_SAMPLE = Path(os.environ.get("CXRAUG_NIH_SAMPLE", _DEFAULT_SAMPLE))
 
 

@@ -9,14 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import PAPER7, REPO, files, make_generator, run, start_and_stop
+from helpers import cli as _cli
 from PIL import Image
-from test_generator import PAPER7, make_generator
 
 from cxraug.data.labels import read_nih_csv
 from cxraug.data.nih import NIH_HEADER_LINE
@@ -32,8 +32,6 @@ from cxraug.synthesis.augment import (
     synthetic_name,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -43,18 +41,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def hot_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_generator(tmp_path_factory.mktemp("hot") / "h.onnx", label_mode="multi-hot")
-
-
-def run(model: Path, out: Path, **kw) -> object:
-    kw.setdefault("progress", False)
-    kw.setdefault("device", "cpu")
-    return augment(model=model, out=out, **kw)
-
-
-def files(out: Path) -> dict[str, bytes]:
-    """Every file under ``out`` except the per-run manifests (they hold timings)."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "manifest.json" and p.parent.name != "parts"}
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -513,31 +499,6 @@ def test_model_errors_and_unwritable_folder(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ crash safety
-def _cli(*args: str) -> list[str]:
-    code = "import sys; from cxraug.cli import main; sys.exit(main(sys.argv[1:]))"
-    return [sys.executable, "-c", code, *args]
-
-
-def _start_and_stop(args: list[str], images: Path, at_least: int, sig: int) -> int:
-    """Start ``cxraug augment`` in a subprocess, send ``sig`` once ``at_least`` PNGs exist.
-
-    The child gets the default SIGINT disposition: a test runner started in the background by a
-    non-interactive shell inherits SIGINT as *ignored*, and Python then never turns Ctrl-C into
-    KeyboardInterrupt (the run would just finish, as a user's background job rightly does).
-    """
-    proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if images.is_dir() and len(os.listdir(images)) >= at_least:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
-    os.kill(proc.pid, sig)
-    return proc.wait()
-
-
 def test_interrupt_right_after_a_submit_lists_every_file_on_disk(
         model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C landing between handing a chunk to the writer pool and recording it (a real race
@@ -575,12 +536,12 @@ def test_ctrl_c_then_kill_9_then_resume(tmp_path: Path) -> None:
             "--classes", "Effusion,Mass,Nodule", "--batch-size", "8", "--device", "cpu",
             "--seed", "3"]
     # Ctrl-C: exit 130, and the CSV lists exactly the complete files on disk
-    assert _start_and_stop(args, images, 200, signal.SIGINT) == 130
+    assert start_and_stop(args, images, 200, signal.SIGINT) == 130
     names = sorted(os.listdir(images))
     assert 0 < len(names) < 2100 and all(n.endswith(".png") for n in names)
     assert sorted(read_nih_csv(out / "Data_Entry_2017.csv")["Image Index"]) == names
     # kill -9 during the resumed run: whatever CSV exists lists only complete files
-    rc = _start_and_stop([*args, "--resume"], images, len(names) + 300, signal.SIGKILL)
+    rc = start_and_stop([*args, "--resume"], images, len(names) + 300, signal.SIGKILL)
     assert rc == -signal.SIGKILL
     pngs = [n for n in os.listdir(images) if n.endswith(".png")]
     assert len(names) < len(pngs) < 2100

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_generator
 from onnx import TensorProto
 from onnx import helper as oh
 from PIL import Image
-from test_generator import make_generator
 
 from cxraug.cli import main
 from cxraug.data.nih import image_name, write_nih_csv

@@ -240,7 +240,7 @@ def test_evaluate_killed_at_random_moments(finished_run: Path, phantom_cache: Pa
 
 # ----------------------------------------------------------------------------------- augment
 def test_augment_killed_at_random_moments_resumes_to_the_same_bytes(tmp_path: Path) -> None:
-    from test_generator import make_generator
+    from helpers import make_generator
 
     model = make_generator(tmp_path / "g.onnx", size=32, channels=8)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import REPO, cli, files, run, start_and_stop
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
-from test_augment import REPO, _cli, _start_and_stop, files, run
 
 from cxraug.cli import main
 from cxraug.copy_reference import TrainReference, build_reference, thumbnails_u8
@@ -199,8 +199,15 @@ def test_no_reference_means_no_filter_and_says_so(banks: dict, tmp_path: Path,
     # --data of the cache the model was trained on builds the reference on the fly
     model = bank_generator(tmp_path / "h.onnx", banks["heldout"], banks["names"],
                            banks["fingerprint"])
-    result = run(model, tmp_path / "b", per_class=2, data=phantom_cache)
+    with CacheReader(phantom_cache) as cache:
+        train = np.asarray(cache.labels)[np.asarray(cache.indices("train"))]
+    counts = np.bincount(train, minlength=len(banks["names"]))
+    target = int(np.median(counts))  # classes with as many real images get nothing to make
+    result = run(model, tmp_path / "b", target_per_class=target, data=phantom_cache)
     assert any(n.startswith("privacy filter on") for n in result.notes)
+    made = {t["name"]: t["generate"] for t in result.targets}
+    assert 0 in made.values() and any(made.values())
+    assert result.counts == made
     assert not list(tmp_path.glob("b/*.h5"))  # the reference never lands in the data set
 
 
@@ -258,10 +265,10 @@ def test_filtered_output_is_the_same_across_batches_shards_and_kill_9(
             "--classes", ",".join(classes), "--seed", "4", "--privacy-reference",
             str(reference), "--judge", str(classifier_dir), "--batch-size", "8",
             "--device", "cpu"]
-    rc = _start_and_stop(args, out / "images", 100, signal.SIGKILL)
+    rc = start_and_stop(args, out / "images", 100, signal.SIGKILL)
     assert rc == -signal.SIGKILL
     assert 0 < len(os.listdir(out / "images")) < 450
-    rerun = subprocess.run(_cli(*args, "--resume"), cwd=REPO, capture_output=True, text=True)
+    rerun = subprocess.run(cli(*args, "--resume"), cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert files(out) == ref_files
 

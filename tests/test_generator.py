@@ -7,78 +7,18 @@ No TensorFlow: :func:`make_generator` writes a file with the exported-generator 
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+from helpers import PAPER7, make_generator
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 from cxraug.errors import CxrError
 from cxraug.synthesis.generator import OnnxGenerator, model_card, to_uint8
-
-PAPER7 = ("No Finding", "Atelectasis", "Effusion", "Infiltration", "Mass", "Nodule",
-          "Pneumothorax")
-
-
-def make_generator(path: Path, classes: Sequence[str] = PAPER7, latent: int = 8, size: int = 16,
-                   label_mode: str = "index", meta: dict[str, str] | None = None,
-                   drop_meta: bool = False, channels: int = 4, seed: int = 0,
-                   input_names: Sequence[str] | None = None, output_name: str = "image") -> Path:
-    """Write a small generator with the cxraug ONNX interface and metadata to ``path``."""
-    rng = np.random.default_rng(seed)
-    c, s = len(classes), size
-    inits = [
-        nh.from_array((rng.standard_normal((latent, s * s)) / np.sqrt(latent)).astype(np.float32),
-                      "W"),
-        nh.from_array((rng.standard_normal((c, s * s)) * 0.5).astype(np.float32), "E"),
-        nh.from_array(np.array([-1, 1, s, s], np.int64), "shape1"),
-        nh.from_array(np.array([-1, s, s, 1], np.int64), "shape2"),
-        nh.from_array((rng.standard_normal((channels, 1, 3, 3)) * 0.5).astype(np.float32), "K1"),
-        nh.from_array((rng.standard_normal((1, channels, 3, 3)) * 0.3).astype(np.float32), "K2"),
-    ]
-    names = list(input_names) if input_names is not None else (
-        ["z", "label"] if label_mode == "index" else ["z", "labels"] if label_mode == "multi-hot"
-        else ["z"])
-    inputs = [oh.make_tensor_value_info(names[0], TensorProto.FLOAT, ["N", latent])]
-    nodes = [oh.make_node("MatMul", [names[0], "W"], ["h0"])]
-    if label_mode == "index":
-        inputs.append(oh.make_tensor_value_info(names[1], TensorProto.INT64, ["N"]))
-        nodes += [oh.make_node("Gather", ["E", names[1]], ["emb"]),
-                  oh.make_node("Add", ["h0", "emb"], ["h"])]
-    elif label_mode == "multi-hot":
-        inputs.append(oh.make_tensor_value_info(names[1], TensorProto.FLOAT, ["N", c]))
-        nodes += [oh.make_node("MatMul", [names[1], "E"], ["emb"]),
-                  oh.make_node("Add", ["h0", "emb"], ["h"])]
-    else:
-        nodes.append(oh.make_node("Identity", ["h0"], ["h"]))
-    nodes += [oh.make_node("Reshape", ["h", "shape1"], ["x1"]),
-              oh.make_node("Conv", ["x1", "K1"], ["c1"], pads=[1, 1, 1, 1]),
-              oh.make_node("Relu", ["c1"], ["r1"]),
-              oh.make_node("Conv", ["r1", "K2"], ["c2"], pads=[1, 1, 1, 1]),
-              oh.make_node("Add", ["c2", "x1"], ["sum"]),
-              oh.make_node("Tanh", ["sum"], ["t"]),
-              oh.make_node("Reshape", ["t", "shape2"], [output_name])]
-    output = oh.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", s, s, 1])
-    model = oh.make_model(oh.make_graph(nodes, "generator", inputs, [output], inits),
-                          opset_imports=[oh.make_opsetid("", 17)], producer_name="cxraug-tests")
-    model.ir_version = 8
-    props = {} if drop_meta else {
-        "cxraug_version": "0.1.0", "class_names": json.dumps(list(classes)),
-        "latent_dim": str(latent), "image_size": str(s), "label_mode": label_mode,
-        "recipe": 'name = "test"\n[model]\nimage_size = 16\n', "recipe_name": "test",
-        "arch": "test", "data_fingerprint": "f00d", "epoch": "3", "step": "42",
-        "exported_at": "2026-01-01T00:00:00+00:00"}
-    props.update(meta or {})
-    oh.set_model_props(model, props)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
 
 
 def _cuda_usable(path: Path) -> bool:

@@ -539,7 +539,7 @@ def _check_privacy_failure(targets: list[Target], unfilled: dict[int, dict[int, 
         return
     for t in targets:
         copies = [k for k, (priv, lab) in unfilled[t.code].items() if lab == 0 and priv > 0]
-        if (len(copies) >= min(PRIVACY_FAIL_SLOTS, t.count) and not records[t.code]
+        if (copies and len(copies) >= min(PRIVACY_FAIL_SLOTS, t.count) and not records[t.code]
                 and not present[t.code]):
             ref = filters.privacy
             raise CxrError(

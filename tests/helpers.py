@@ -1,0 +1,118 @@
+"""Helpers shared by the test modules (one place; test modules import nothing from each other):
+small ONNX generators built with onnx.helper, augment calls and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+
+from cxraug.synthesis.augment import augment
+
+REPO = Path(__file__).resolve().parents[1]
+
+PAPER7 = ("No Finding", "Atelectasis", "Effusion", "Infiltration", "Mass", "Nodule",
+          "Pneumothorax")
+
+
+def make_generator(path: Path, classes: Sequence[str] = PAPER7, latent: int = 8, size: int = 16,
+                   label_mode: str = "index", meta: dict[str, str] | None = None,
+                   drop_meta: bool = False, channels: int = 4, seed: int = 0,
+                   input_names: Sequence[str] | None = None, output_name: str = "image") -> Path:
+    """Write a small generator with the cxraug ONNX interface and metadata to ``path``."""
+    rng = np.random.default_rng(seed)
+    c, s = len(classes), size
+    inits = [
+        nh.from_array((rng.standard_normal((latent, s * s)) / np.sqrt(latent)).astype(np.float32),
+                      "W"),
+        nh.from_array((rng.standard_normal((c, s * s)) * 0.5).astype(np.float32), "E"),
+        nh.from_array(np.array([-1, 1, s, s], np.int64), "shape1"),
+        nh.from_array(np.array([-1, s, s, 1], np.int64), "shape2"),
+        nh.from_array((rng.standard_normal((channels, 1, 3, 3)) * 0.5).astype(np.float32), "K1"),
+        nh.from_array((rng.standard_normal((1, channels, 3, 3)) * 0.3).astype(np.float32), "K2"),
+    ]
+    names = list(input_names) if input_names is not None else (
+        ["z", "label"] if label_mode == "index" else ["z", "labels"] if label_mode == "multi-hot"
+        else ["z"])
+    inputs = [oh.make_tensor_value_info(names[0], TensorProto.FLOAT, ["N", latent])]
+    nodes = [oh.make_node("MatMul", [names[0], "W"], ["h0"])]
+    if label_mode == "index":
+        inputs.append(oh.make_tensor_value_info(names[1], TensorProto.INT64, ["N"]))
+        nodes += [oh.make_node("Gather", ["E", names[1]], ["emb"]),
+                  oh.make_node("Add", ["h0", "emb"], ["h"])]
+    elif label_mode == "multi-hot":
+        inputs.append(oh.make_tensor_value_info(names[1], TensorProto.FLOAT, ["N", c]))
+        nodes += [oh.make_node("MatMul", [names[1], "E"], ["emb"]),
+                  oh.make_node("Add", ["h0", "emb"], ["h"])]
+    else:
+        nodes.append(oh.make_node("Identity", ["h0"], ["h"]))
+    nodes += [oh.make_node("Reshape", ["h", "shape1"], ["x1"]),
+              oh.make_node("Conv", ["x1", "K1"], ["c1"], pads=[1, 1, 1, 1]),
+              oh.make_node("Relu", ["c1"], ["r1"]),
+              oh.make_node("Conv", ["r1", "K2"], ["c2"], pads=[1, 1, 1, 1]),
+              oh.make_node("Add", ["c2", "x1"], ["sum"]),
+              oh.make_node("Tanh", ["sum"], ["t"]),
+              oh.make_node("Reshape", ["t", "shape2"], [output_name])]
+    output = oh.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", s, s, 1])
+    model = oh.make_model(oh.make_graph(nodes, "generator", inputs, [output], inits),
+                          opset_imports=[oh.make_opsetid("", 17)], producer_name="cxraug-tests")
+    model.ir_version = 8
+    props = {} if drop_meta else {
+        "cxraug_version": "0.1.0", "class_names": json.dumps(list(classes)),
+        "latent_dim": str(latent), "image_size": str(s), "label_mode": label_mode,
+        "recipe": 'name = "test"\n[model]\nimage_size = 16\n', "recipe_name": "test",
+        "arch": "test", "data_fingerprint": "f00d", "epoch": "3", "step": "42",
+        "exported_at": "2026-01-01T00:00:00+00:00"}
+    props.update(meta or {})
+    oh.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def run(model: Path, out: Path, **kw) -> object:
+    kw.setdefault("progress", False)
+    kw.setdefault("device", "cpu")
+    return augment(model=model, out=out, **kw)
+
+
+def files(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` except the per-run manifests (they hold timings)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "manifest.json" and p.parent.name != "parts"}
+
+
+def cli(*args: str) -> list[str]:
+    code = "import sys; from cxraug.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *args]
+
+
+def start_and_stop(args: list[str], images: Path, at_least: int, sig: int) -> int:
+    """Start ``cxraug augment`` in a subprocess, send ``sig`` once ``at_least`` PNGs exist.
+
+    The child gets the default SIGINT disposition: a test runner started in the background by a
+    non-interactive shell inherits SIGINT as *ignored*, and Python then never turns Ctrl-C into
+    KeyboardInterrupt (the run would just finish, as a user's background job rightly does).
+    """
+    proc = subprocess.Popen(cli(*args), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if images.is_dir() and len(os.listdir(images)) >= at_least:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
+    os.kill(proc.pid, sig)
+    return proc.wait()
