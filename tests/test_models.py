@@ -194,6 +194,7 @@ def test_spectral_norm_keeps_the_largest_singular_value_near_one() -> None:
         assert abs(layer.sigma_estimate() - raw) / raw < 0.02
 
 
+@pytest.mark.slow
 def test_discriminator_trains_with_spectral_norm_under_tf_function() -> None:
     """A GradientTape step in a tf.function: weights move, u updates, gradients flow thru sigma."""
     cfg = _small("cxraug", 32)

@@ -55,6 +55,7 @@ def test_two_sample_is_chance_for_the_same_images_and_one_for_constants(
     assert apart.accuracy >= 0.98 and apart.n_per_side == half
 
 
+@pytest.mark.slow
 def test_two_sample_on_real_nih_images(nih_sample: Path, tmp_path: Path) -> None:
     """Real chest X-rays: two halves of the sample ~0.5; against one image repeated ~1.0."""
     from cxraug.data.cache import prepare
