@@ -81,7 +81,7 @@ def _nhwc_chain_model() -> onnx.ModelProto:
 
 
 def test_graph_cleanup_is_exact_and_removes_transposes() -> None:
-    from cxraug.export.onnx_export import optimize_graph
+    from cxraug.onnx_passes import optimize_graph
 
     model = _nhwc_chain_model()
     rng = np.random.default_rng(0)
@@ -103,7 +103,7 @@ def test_graph_cleanup_is_exact_and_removes_transposes() -> None:
 
 def test_pointwise_conv_moves_before_upsample() -> None:
     """Resize x2 -> Conv1x1 equals Conv1x1 -> Resize x2, at a quarter of the conv's FLOPs."""
-    from cxraug.export.onnx_export import optimize_graph
+    from cxraug.onnx_passes import optimize_graph
 
     rng = np.random.default_rng(2)
     nodes = [helper.make_node("Resize", ["x", "roi", "scales"], ["up"], mode="nearest",
@@ -129,7 +129,7 @@ def test_pointwise_conv_moves_before_upsample() -> None:
 @pytest.mark.parametrize("kernel,pads", [(3, [1, 1, 1, 1]), (4, [1, 1, 2, 2])])
 def test_single_output_conv_split_by_rows(kernel: int, pads: list[int]) -> None:
     """Conv(C -> 1, k x k) == Conv(C -> k, 1 x k) then the row-adding Conv(k -> 1, k x 1)."""
-    from cxraug.export.onnx_export import optimize_graph
+    from cxraug.onnx_passes import optimize_graph
 
     rng = np.random.default_rng(3)
     nodes = [helper.make_node("Conv", ["x", "w", "bias"], ["c"], kernel_shape=[kernel, kernel],
@@ -152,7 +152,7 @@ def test_single_output_conv_split_by_rows(kernel: int, pads: list[int]) -> None:
 
 
 def test_float16_keeps_float32_interface_and_runs() -> None:
-    from cxraug.export.onnx_export import convert_float16
+    from cxraug.onnx_passes import convert_float16
 
     model = _nhwc_chain_model()
     half = convert_float16(model)

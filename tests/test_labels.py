@@ -10,9 +10,9 @@ import pytest
 
 from cxraug.data.labels import (
     apply_policy,
-    count_per_class,
     filter_view,
     label_hint,
+    load_counting_table,
     load_label_table,
     rarity_strata,
     read_nih_csv,
@@ -326,11 +326,13 @@ def test_load_label_table_and_counts(tmp_path: Path) -> None:
                              val_fraction=0.0, test_fraction=0.0)
     assert len(table) == 3 and (table.split == 0).all()
     assert table.dropped == {"several labels": 1}
-    counts = count_per_class(csv_path, classes=["No Finding", "Cardiomegaly", "Effusion"])
+    counts = load_counting_table(csv_path,
+                                 classes=["No Finding", "Cardiomegaly", "Effusion"]).counts()
     assert counts == {"No Finding": 1, "Cardiomegaly": 1, "Effusion": 1}
-    counts = count_per_class(csv_path, classes=["Cardiomegaly", "Emphysema"], multi_label="keep",
-                             split_list=tmp_path / "tv.txt")
+    counts = load_counting_table(csv_path, classes=["Cardiomegaly", "Emphysema"],
+                                 multi_label="keep", split_list=tmp_path / "tv.txt").counts()
     assert counts == {"Cardiomegaly": 1, "Emphysema": 0}
-    assert count_per_class(csv_path, classes=["Effusion"], view="PA") == {"Effusion": 0}
+    assert load_counting_table(csv_path, classes=["Effusion"], view="PA").counts() == {
+        "Effusion": 0}
     with pytest.raises(CxrError, match="no image is left"):
         load_label_table(csv_path, classes=["Hernia"])

@@ -225,18 +225,19 @@ def test_discriminator_trains_with_spectral_norm_under_tf_function() -> None:
         sn_layers[0].kernel.numpy(), sn_layers[0]._normalized(sn_layers[0].kernel, False))
 
 
-@pytest.mark.parametrize("method", ["resize", "depth_to_space", "repeat"])
-def test_upsample2x_is_nearest_neighbour(method: str) -> None:
+def test_upsample2x_is_nearest_neighbour() -> None:
     x = np.random.default_rng(0).normal(size=(2, 3, 5, 4)).astype(np.float32)
     xt = tf.constant(x)
     dy = tf.constant(np.random.default_rng(1).normal(size=(2, 6, 10, 4)).astype(np.float32))
     with tf.GradientTape() as tape:
         tape.watch(xt)
-        out = Upsample2x(method=method)(xt)
+        out = Upsample2x(method="resize")(xt)
     grad = tape.gradient(out, xt, output_gradients=dy).numpy()
     np.testing.assert_array_equal(out.numpy(), np.repeat(np.repeat(x, 2, axis=1), 2, axis=2))
     expected = dy.numpy().reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))  # 2x2 sum-pooling
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="method must be one of"):
+        Upsample2x(method="repeat")
 
 
 def test_conditional_bn_uses_moving_statistics_at_inference() -> None:

@@ -779,22 +779,22 @@ def load_label_table(
     return table
 
 
-def count_per_class(
+def load_counting_table(
     csv_path: str | os.PathLike,
     classes: Sequence[str] | None = None,
     top_k: int | None = None,
     multi_label: str = "drop",
     view: str | None = None,
     split_list: str | os.PathLike | None = None,
-) -> dict[str, int]:
-    """Real images per class under the same reader and policy as ``prepare`` (for augment).
-
-    ``split_list``: count only the images it names (e.g. ``train_val_list.txt``). With
-    ``multi_label="keep"`` an image counts once for every selected class it carries.
-    """
+    require_rows: bool = False,
+) -> LabelTable:
+    """The real images augment counts, by the same reader and policy as ``prepare``, without a
+    split (``require_rows``: no row of the classes left is an error). ``split_list``: only the
+    images it names (e.g. ``train_val_list.txt``). ``.counts()`` gives images per class (with
+    ``multi_label="keep"`` an image counts once for every selected class it carries)."""
     table = load_label_table(csv_path, classes=classes, top_k=top_k, multi_label=multi_label,
-                             view=view, split=False, require_rows=False)
+                             view=view, split=False, require_rows=require_rows)
     if split_list is not None:
         wanted = np.array(sorted(read_name_list(split_list)), dtype=object)
         table = table.subset(np.isin(table.image_index, wanted))
-    return table.counts()
+    return table

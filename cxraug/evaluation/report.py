@@ -23,7 +23,6 @@ What is compared with what (docs/EVALUATION.md says how to read it):
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -331,21 +330,16 @@ def pairs_image(pairs: list[tuple[str, np.ndarray, np.ndarray]], cell: int = 64)
 
 
 def read_metrics_csv(run: Path) -> dict[str, list[float]]:
-    """Columns of a run's metrics.csv as floats (one row per logged step or epoch)."""
+    """Columns of a run's metrics.csv as floats (one row per logged step or epoch; NaN where a
+    row has no value)."""
+    from ..training.run import read_metrics
+
     path = run / "metrics.csv" if run.is_dir() else run
     if not path.is_file():
         raise CxrError(f"{path}: no metrics.csv; pass --run the folder `cxraug train` wrote")
-    cols: dict[str, list[float]] = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            for key, value in row.items():
-                if key is None:
-                    continue
-                try:
-                    cols.setdefault(key, []).append(float(value))
-                except (TypeError, ValueError):
-                    cols.setdefault(key, []).append(float("nan"))
-    return cols
+    rows = read_metrics(path)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return {k: [row.get(k, float("nan")) for row in rows] for k in keys}
 
 
 def _epoch_curves(cols: dict[str, list[float]]) -> tuple[list[float], dict[str, list[float]]]:

@@ -30,8 +30,8 @@ from keras import ops
 
 PACKAGE = "cxraug"
 
-GRAD_METHODS = ("fft", "swap", "stock")
-UPSAMPLE_METHODS = ("resize", "depth_to_space", "repeat", "bilinear")
+#: ``model.upsample`` -> method: "resize" (nearest neighbour, one ONNX ``Resize``) or "bilinear".
+UPSAMPLE_METHODS = ("resize", "bilinear")
 
 
 # ----------------------------------------------------------------------------- fast conv gradient
@@ -65,21 +65,6 @@ def conv2d_filter_grad_fft(x: tf.Tensor, dy: tf.Tensor, kernel_hw: tuple[int, in
     return tf.transpose(corr, [2, 3, 0, 1])  # [kh, kw, C, O]
 
 
-def conv2d_filter_grad_swap(x: tf.Tensor, dy: tf.Tensor, kernel_hw: tuple[int, int],
-                            pads: tuple[tuple[int, int], tuple[int, int]]) -> tf.Tensor:
-    """Kernel gradient as a forward convolution with batch and channel roles swapped.
-
-    The padded input becomes a batch of C one-image "channels" of depth N, the output gradient a
-    ``H x W x N x O`` filter; a VALID forward convolution then yields ``[C, kh, kw, O]``.
-    """
-    (pt, pb), (pl, pr) = pads
-    xpad = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
-    out = tf.nn.conv2d(tf.transpose(xpad, [3, 1, 2, 0]), tf.transpose(dy, [1, 2, 0, 3]),
-                       strides=1, padding="VALID")
-    del kernel_hw
-    return tf.transpose(out, [1, 2, 0, 3])
-
-
 def conv2d_input_grad(dy: tf.Tensor, kernel: tf.Tensor,
                       pads: tuple[tuple[int, int], tuple[int, int]]) -> tf.Tensor:
     """Input gradient of a stride-1 NHWC convolution: a VALID convolution of the output gradient,
@@ -95,20 +80,15 @@ def conv2d_input_grad(dy: tf.Tensor, kernel: tf.Tensor,
     return tf.nn.conv2d(dy_pad, flipped, strides=1, padding="VALID")
 
 
-def fast_grad_conv2d(x: tf.Tensor, kernel: tf.Tensor, padding: str = "SAME",
-                     method: str = "fft") -> tf.Tensor:
+def fast_grad_conv2d(x: tf.Tensor, kernel: tf.Tensor, padding: str = "SAME") -> tf.Tensor:
     """``tf.nn.conv2d(x, kernel, 1, padding)`` (NHWC) whose gradient avoids Conv2DBackpropFilter.
 
     The forward op is TensorFlow's own, so outputs are bit-identical to ``Conv2D``. The input
-    gradient is a forward convolution with the flipped kernel (:func:`conv2d_input_grad`); the
-    kernel gradient is computed by ``method`` ("fft" or "swap"; "stock" falls back to
-    TensorFlow's gradient).
+    gradient is a forward convolution with the flipped kernel (:func:`conv2d_input_grad`), the
+    kernel gradient an FFT cross-correlation (:func:`conv2d_filter_grad_fft`, the fastest of
+    the ways measured on CPU).
     """
     padding = padding.upper()
-    if method == "stock":
-        return tf.nn.conv2d(x, kernel, strides=1, padding=padding)
-    if method not in GRAD_METHODS:
-        raise ValueError(f"unknown gradient method {method!r}; use one of {GRAD_METHODS}")
     kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
     if padding == "SAME":
         pads = (same_padding(kh), same_padding(kw))
@@ -116,7 +96,6 @@ def fast_grad_conv2d(x: tf.Tensor, kernel: tf.Tensor, padding: str = "SAME",
         pads = ((0, 0), (0, 0))
     else:
         raise ValueError(f"padding must be SAME or VALID, got {padding!r}")
-    filter_grad = conv2d_filter_grad_fft if method == "fft" else conv2d_filter_grad_swap
 
     @tf.custom_gradient
     def _conv(x_in: tf.Tensor, k_in: tf.Tensor) -> Any:
@@ -124,7 +103,7 @@ def fast_grad_conv2d(x: tf.Tensor, kernel: tf.Tensor, padding: str = "SAME",
 
         def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             dx = conv2d_input_grad(dy, k_in, pads)
-            dk = filter_grad(x_in, dy, (kh, kw), pads)
+            dk = conv2d_filter_grad_fft(x_in, dy, (kh, kw), pads)
             return dx, tf.cast(dk, k_in.dtype)
 
         return y, grad
@@ -138,18 +117,16 @@ class FastGradConv2D(keras.layers.Conv2D):
 
     Only stride 1, dilation 1, one group and channels_last use the fast path (the paper's final
     convolution); anything else falls back to the stock op, so the layer is always correct.
-    ``grad_method``: "fft" (default, fastest measured on CPU), "swap" or "stock".
+    ``model.fast_conv_grad = false`` builds a plain ``Conv2D`` instead.
     """
 
-    def __init__(self, *args: Any, grad_method: str = "fft", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("grad_method", None)  # configs saved when there were three methods
         super().__init__(*args, **kwargs)
-        if grad_method not in GRAD_METHODS:
-            raise ValueError(f"grad_method must be one of {GRAD_METHODS}, got {grad_method!r}")
-        self.grad_method = grad_method
 
     @property
     def uses_fast_path(self) -> bool:
-        return (self.grad_method != "stock" and tuple(self.strides) == (1, 1)
+        return (tuple(self.strides) == (1, 1)
                 and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
                 and self.data_format == "channels_last"
                 and self.padding in ("same", "valid"))
@@ -157,10 +134,7 @@ class FastGradConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
         if not self.uses_fast_path:
             return super().convolution_op(inputs, kernel)
-        return fast_grad_conv2d(inputs, kernel, padding=self.padding, method=self.grad_method)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "grad_method": self.grad_method}
+        return fast_grad_conv2d(inputs, kernel, padding=self.padding)
 
 
 # ----------------------------------------------------------------------------- spectral norm
@@ -398,28 +372,25 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 # ----------------------------------------------------------------------------- upsampling
-def _nearest_up2(x: tf.Tensor, method: str) -> tf.Tensor:
-    """Nearest x2 by ``tf.image.resize`` or ``depth_to_space``, with an explicit gradient.
+def _nearest_up2(x: tf.Tensor) -> tf.Tensor:
+    """Nearest x2 by ``ResizeNearestNeighbor``, with an explicit gradient.
 
     The gradient of nearest x2 upsampling is a 2x2 sum-pooling. Spelling it out keeps training
     XLA-compatible (XLA has no ``ResizeNearestNeighborGrad``) and cheap; the forward op is
-    unchanged, so the exported graph still holds one ``Resize`` (or ``DepthToSpace``).
+    unchanged, so the exported graph still holds one ``Resize``.
     """
 
     @tf.custom_gradient
     def up(t: tf.Tensor) -> Any:
-        if method == "depth_to_space":
-            y = tf.nn.depth_to_space(tf.tile(t, [1, 1, 1, 4]), 2)
-        else:
-            # asymmetric/floor coordinates: exact for x2, and exported without the deprecated
-            # ``tf_half_pixel_for_nn`` attribute that makes onnxruntime print warnings
-            # static sizes when known: the ONNX Resize then gets constant scales (no Shape/Slice
-            # chain per layer) and onnxruntime's fast NCHWc upsampling kernel (export owner)
-            size = ([2 * t.shape[1], 2 * t.shape[2]] if t.shape[1] and t.shape[2]
-                    else 2 * tf.shape(t)[1:3])
-            y = tf.raw_ops.ResizeNearestNeighbor(images=t, size=size,
-                                                 align_corners=False, half_pixel_centers=False)
-            y = tf.ensure_shape(y, [t.shape[0], 2 * t.shape[1], 2 * t.shape[2], t.shape[3]])
+        # asymmetric/floor coordinates: exact for x2, and exported without the deprecated
+        # ``tf_half_pixel_for_nn`` attribute that makes onnxruntime print warnings; static sizes
+        # when known: the ONNX Resize then gets constant scales (no Shape/Slice chain per layer)
+        # and onnxruntime's fast NCHWc upsampling kernel
+        size = ([2 * t.shape[1], 2 * t.shape[2]] if t.shape[1] and t.shape[2]
+                else 2 * tf.shape(t)[1:3])
+        y = tf.raw_ops.ResizeNearestNeighbor(images=t, size=size,
+                                             align_corners=False, half_pixel_centers=False)
+        y = tf.ensure_shape(y, [t.shape[0], 2 * t.shape[1], 2 * t.shape[2], t.shape[3]])
 
         def grad(dy: tf.Tensor) -> tf.Tensor:
             shape = tf.shape(t)
@@ -435,10 +406,8 @@ def _nearest_up2(x: tf.Tensor, method: str) -> tf.Tensor:
 class Upsample2x(keras.layers.Layer):
     """Nearest-neighbour x2 upsampling (NHWC); the one place the project upsamples.
 
-    ``method``: "resize" (``ResizeNearestNeighbor``; one ONNX ``Resize``), "depth_to_space" (tile
-    the channels 4x then ``DepthToSpace``; one ONNX ``DepthToSpace`` after a ``Tile``), or "repeat"
-    (``ops.repeat`` twice, like ``keras.layers.UpSampling2D``): these three compute the same
-    nearest-neighbour values. "bilinear" (half-pixel centres; one ONNX ``Resize`` in linear
+    ``method``: "resize" (nearest neighbour by ``ResizeNearestNeighbor``; one ONNX ``Resize``) or
+    "bilinear" (half-pixel centres; one ONNX ``Resize`` in linear
     mode) interpolates instead: nearest-neighbour copies leave a 2-pixel periodic pattern at the
     same place in every image, which a linear classifier of real vs synthetic images picks up
     (benchmarks/real_small_data.py).
@@ -451,8 +420,6 @@ class Upsample2x(keras.layers.Layer):
         self.method = method
 
     def call(self, x: Any) -> Any:
-        if self.method == "repeat":
-            return ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
         h, w = x.shape[1], x.shape[2]
         if self.method == "bilinear":
             if h is None or w is None:
@@ -460,7 +427,7 @@ class Upsample2x(keras.layers.Layer):
             return tf.image.resize(x, [2 * h, 2 * w], method="bilinear")
         if self.method == "resize" and (h is None or w is None):
             raise ValueError("Upsample2x(method='resize') needs static spatial dimensions")
-        return _nearest_up2(x, self.method)
+        return _nearest_up2(x)
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         n, h, w, c = input_shape

@@ -99,7 +99,6 @@ PNG_LEVEL = 1  # zlib level: 1 encodes ~2x faster than 6 for a few percent more 
 # zlib's run-length strategy: after the Up filter a GAN image is mostly small residuals and runs of
 # zeros; RLE encodes them ~1.5x faster than the default strategy for ~2% more bytes
 PNG_STRATEGY = zlib.Z_RLE
-LAYOUTS = ("flat", "class-folders")
 MULTI_HOT_KEY = 1 << 62  # RNG keys of multi-hot targets: this bit | class bitmask
 
 DATA_CSV = "Data_Entry_2017.csv"
@@ -128,6 +127,28 @@ class Target:
     folder: str  # folder name in the class-folders layout
     real: int | None  # real images counted (None without real data)
     count: int  # images the whole job generates (all shards)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a target's PNGs go inside ``--out``: one ``images/`` folder, or a folder per class.
+    Every path augment writes, scans or lists comes from here (a new ``--layout`` is one entry
+    of :data:`LAYOUTS`)."""
+
+    name: str
+    per_class: bool
+
+    def folder(self, target_folder: str) -> str:
+        """The folder (relative to ``--out``) of a target whose own folder name is given."""
+        return target_folder if self.per_class else IMAGES
+
+    def root(self, out: Path) -> Path:
+        """What the summary names as where the images are."""
+        return out if self.per_class else out / IMAGES
+
+
+LAYOUTS = {"flat": Layout("flat", per_class=False),
+           "class-folders": Layout("class-folders", per_class=True)}
 
 
 def synthetic_name(code: int, k: int) -> str:
@@ -283,12 +304,10 @@ class RealData:
 
 def _real_from_csv(path: Path, class_names: list[str], multi_label: str,
                    split_list: Path | None) -> RealData:
-    from ..data.labels import load_label_table, read_name_list
+    from ..data.labels import load_counting_table
 
-    table = load_label_table(path, classes=class_names, multi_label=multi_label, split=False)
-    if split_list is not None:
-        wanted = np.array(sorted(read_name_list(split_list)), dtype=object)
-        table = table.subset(np.isin(table.image_index, wanted))
+    table = load_counting_table(path, classes=class_names, multi_label=multi_label,
+                                split_list=split_list, require_rows=True)
     return RealData(source=str(path), rows=table.frame, class_names=list(table.class_names),
                     multi_hot=np.asarray(table.multi_hot, dtype=np.uint8),
                     root=path.resolve().parent)
@@ -636,9 +655,8 @@ def _targets(gen: OnnxGenerator, classes: Sequence[str] | None,
 
 
 def _folders_of(spec: dict[str, Any]) -> list[str]:
-    if spec.get("layout") == "class-folders":
-        return [t["folder"] for t in spec.get("targets", [])]
-    return [IMAGES]
+    where = LAYOUTS.get(str(spec.get("layout")), LAYOUTS["flat"])
+    return list(dict.fromkeys(where.folder(t["folder"]) for t in spec.get("targets", [])))
 
 
 def _remove_outputs(out: Path, spec: dict[str, Any]) -> None:
@@ -724,14 +742,14 @@ def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool)
                        "writable folder") from None
 
 
-def _scan(out: Path, targets: list[Target], layout: str,
+def _scan(out: Path, targets: list[Target], where: Layout,
           records: dict[int, dict[int, SlotRecord]] | None = None) -> dict[int, set[int]]:
     """Images of this job already on disk and complete, per target code; removes broken ones.
     ``records``: filled with each image's filter record (filtered jobs)."""
     present: dict[int, set[int]] = {t.code: set() for t in targets}
     by_name: dict[str, dict[int, Target]] = {}
     for t in targets:
-        by_name.setdefault(t.folder if layout == "class-folders" else IMAGES, {})[t.code] = t
+        by_name.setdefault(where.folder(t.folder), {})[t.code] = t
     for folder, codes in by_name.items():
         path = out / folder
         if not path.is_dir():
@@ -780,7 +798,7 @@ def _write_batch(images: np.ndarray, paths: list[Path], ks: list[int],
 
 
 def _synthetic_rows(targets: list[Target], present: dict[int, set[int]], keep: Any,
-                    size: int, layout: str, view: str = "") -> pd.DataFrame:
+                    size: int, where: Layout, view: str = "") -> pd.DataFrame:
     from ..data.nih import (
         FINDING_LABELS,
         FOLLOW_UP,
@@ -795,7 +813,7 @@ def _synthetic_rows(targets: list[Target], present: dict[int, set[int]], keep: A
     labels: list[str] = []
     paths: list[str] = []
     for t in targets:
-        folder = t.folder if layout == "class-folders" else IMAGES
+        folder = where.folder(t.folder)
         for k in sorted(k for k in present[t.code] if keep(k)):
             name = synthetic_name(t.code, k)
             names.append(name)
@@ -899,7 +917,8 @@ def augment(
                      f"from 0 to {target_per_class} synthetic images")
     # ---- options that need nothing loaded
     if layout not in LAYOUTS:
-        raise CxrError(f"--layout {layout!r}: expected flat or class-folders")
+        raise CxrError(f"--layout {layout!r}: expected {' or '.join(LAYOUTS)}")
+    where = LAYOUTS[layout]
     if batch_size < 1:
         raise CxrError(f"--batch-size {batch_size}: give a positive number")
     if workers is not None and workers < 1:
@@ -996,17 +1015,17 @@ def augment(
     # ---- what is left to do
     records: dict[int, dict[int, SlotRecord]] | None = (
         {t.code: {} for t in targets} if filters.active else None)
-    present = _scan(out, targets, layout, records)
+    present = _scan(out, targets, where, records)
     # this run's slots that every try failed: code -> k -> (privacy drops, label drops)
     unfilled: dict[int, dict[int, tuple[int, int]]] = {t.code: {} for t in targets}
     mine = (lambda k: k % shard_n == shard_i - 1) if shard_n > 1 else (lambda k: True)
     skipped = sum(1 for t in targets for k in present[t.code] if mine(k))
     for t in targets:
-        (out / (t.folder if layout == "class-folders" else IMAGES)).mkdir(exist_ok=True)
+        (out / where.folder(t.folder)).mkdir(exist_ok=True)
 
     workers = workers or min(4, os.cpu_count() or 1)
     part_name = f"shard-{shard_i}-of-{shard_n}"
-    paths: dict[str, Path] = {"images": out / IMAGES if layout == "flat" else out}
+    paths: dict[str, Path] = {"images": where.root(out)}
     timings = {"inference_s": 0.0, "latents_s": 0.0, "wait_writers_s": 0.0}
     generated = 0
 
@@ -1016,11 +1035,11 @@ def augment(
         """CSVs (and at the end the manifest) from the files known to be on disk."""
         nonlocal real_text
         if shard_n > 1:
-            rows = _synthetic_rows(targets, present, mine, size, layout, view)
+            rows = _synthetic_rows(targets, present, mine, size, where, view)
             write_nih_csv(rows, out / PARTS / f"{part_name}.csv")
             paths["part_csv"] = out / PARTS / f"{part_name}.csv"
         else:
-            rows = _synthetic_rows(targets, present, mine, size, layout, view)
+            rows = _synthetic_rows(targets, present, mine, size, where, view)
             write_nih_csv(rows, out / DATA_CSV)
             if real_text is None:
                 real_text = _mixed_real_text(real, real_paths)
@@ -1054,7 +1073,7 @@ def augment(
                    "generate": t.count, "shard_share": sum(1 for k in range(t.count) if mine(k))
                    if shard_n > 1 else t.count,
                    "on_disk": sum(1 for k in present[t.code] if mine(k)),
-                   "folder": t.folder if layout == "class-folders" else IMAGES,
+                   "folder": where.folder(t.folder),
                    "first_name": synthetic_name(t.code, 0)}
             if filters.active:
                 st = class_stats(t)
@@ -1190,7 +1209,7 @@ def augment(
             step = max(1, -(-len(batch) // workers))
             for i, c, e in runs:
                 t = targets[i]
-                folder = out / (t.folder if layout == "class-folders" else IMAGES)
+                folder = out / where.folder(t.folder)
                 bar_for(i)
                 for s0 in range(c, e, step):
                     pos = [j for j in range(s0, min(e, s0 + step))

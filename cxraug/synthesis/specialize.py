@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..onnx_passes import affine_chains_to_batchnorm, drop_unused_initializers
+
 #: Ops that may consume a label-derived constant with a leading batch dimension of 1: they
 #: broadcast it over the batch exactly as they combined the per-sample rows.
 _BROADCASTING = {"Add", "Sub", "Mul", "Div"}
@@ -166,96 +168,10 @@ def specialize_for_label(model: Any, label_name: str, label_value: np.ndarray) -
     inputs = [i for i in graph.input if i.name != label_name]
     del graph.input[:]
     graph.input.extend(inputs)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     affine_chains_to_batchnorm(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError:
         return None
     return model
-
-
-def _drop_unused_initializers(graph: Any) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-
-
-def _per_channel(node: Any, initializers: dict[str, Any]) -> tuple[str, np.ndarray] | None:
-    """(tensor, values) when ``node`` is ``Mul``/``Add`` of an NCHW tensor and a per-channel
-    constant shaped ``[1, C, 1, 1]`` or ``[C, 1, 1]`` (unambiguously axis 1 of a 4-D tensor)."""
-    from onnx import numpy_helper
-
-    if node.op_type not in ("Mul", "Add") or len(node.input) != 2:
-        return None
-    consts = [i for i in node.input if i in initializers]
-    others = [i for i in node.input if i not in initializers]
-    if len(consts) != 1 or len(others) != 1:
-        return None
-    value = numpy_helper.to_array(initializers[consts[0]])
-    if (value.ndim == 4 and value.shape[0] == 1 and value.shape[2:] == (1, 1)) or (
-            value.ndim == 3 and value.shape[1:] == (1, 1)):
-        return others[0], value.reshape(-1).astype(np.float64)
-    return None
-
-
-def affine_chains_to_batchnorm(model: Any) -> int:
-    """Chains of per-channel constant ``Mul``/``Add`` -> one ``BatchNormalization`` each.
-
-    ``x * s + b`` as BatchNormalization(mean 0, variance 1, epsilon 0) is the same arithmetic,
-    and onnxruntime folds it into a preceding convolution or runs it in its blocked NCHWc layout
-    (with the following ReLU and nearest upsampling), where a bare ``Mul``/``Add`` pair makes it
-    leave that layout. Returns how many chains were replaced.
-    """
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    taken: set[int] = set()
-    chains: list[tuple[list[Any], str, np.ndarray, np.ndarray]] = []
-    for node in graph.node:
-        head = None if id(node) in taken else _per_channel(node, initializers)
-        if head is None:
-            continue
-        source, first = head
-        scale, shift = np.ones(first.size), np.zeros(first.size)
-        chain: list[Any] = []
-        current = node
-        while True:
-            found = _per_channel(current, initializers)
-            if found is None or found[1].size != first.size or (
-                    chain and found[0] != chain[-1].output[0]) or id(current) in taken:
-                break
-            if current.op_type == "Mul":
-                scale, shift = scale * found[1], shift * found[1]
-            else:
-                shift = shift + found[1]
-            chain.append(current)
-            nxt = consumers.get(current.output[0], [])
-            if len(nxt) != 1 or current.output[0] in outputs:
-                break
-            current = nxt[0]
-        taken.update(id(n) for n in chain)
-        chains.append((chain, source, scale, shift))
-    for chain, source, scale, shift in chains:
-        name = chain[-1].output[0]
-        stem = name + "__affine"
-        params = {"scale": scale, "B": shift, "mean": np.zeros_like(scale),
-                  "var": np.ones_like(scale)}
-        for key, value in params.items():
-            graph.initializer.append(numpy_helper.from_array(value.astype(np.float32),
-                                                             f"{stem}_{key}"))
-        bn = helper.make_node("BatchNormalization", [source] + [f"{stem}_{k}" for k in params],
-                              [name], epsilon=0.0, name=stem)
-        at = list(graph.node).index(chain[0])
-        graph.node.insert(at, bn)
-        for node in chain:
-            graph.node.remove(node)
-    _drop_unused_initializers(graph)
-    return len(chains)

@@ -54,6 +54,7 @@ from .run import (
     RunPaths,
     latest_entry,
     read_checkpoint_index,
+    read_metrics,
     read_run_json,
     write_run_json,
 )
@@ -530,11 +531,10 @@ def _recipe_changes(old: Recipe, new: Recipe) -> list[str]:
 
 
 def _read_metrics(path: Path, up_to_epoch: int) -> list[dict[str, float]]:
+    """The rows a resumed run keeps (its empty cells stay empty when rewritten)."""
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = [{k: float(v) for k, v in row.items() if k and v not in ("", None)}
-                for row in csv.DictReader(handle)]
+    rows = [{k: v for k, v in row.items() if not math.isnan(v)} for row in read_metrics(path)]
     return [r for r in rows if r["epoch"] <= up_to_epoch]
 
 
