@@ -30,6 +30,8 @@ import numpy as np
 from ..neighbors import nearest_neighbors
 
 THUMB = 32
+#: Repeats of the two-sample test on fresh synthetic images (evaluate reports their mean).
+TWO_SAMPLE_REPEATS = 5
 #: Below this many images a side the two-sample test is reported as "too few images".
 MIN_TWO_SAMPLE = 20
 
