@@ -918,7 +918,7 @@ def augment(
     # ---- options that need nothing loaded
     if layout not in LAYOUTS:
         raise CxrError(f"--layout {layout!r}: expected {' or '.join(LAYOUTS)}")
-    where = LAYOUTS[layout]
+    place = LAYOUTS[layout]
     if batch_size < 1:
         raise CxrError(f"--batch-size {batch_size}: give a positive number")
     if workers is not None and workers < 1:
@@ -1015,17 +1015,17 @@ def augment(
     # ---- what is left to do
     records: dict[int, dict[int, SlotRecord]] | None = (
         {t.code: {} for t in targets} if filters.active else None)
-    present = _scan(out, targets, where, records)
+    present = _scan(out, targets, place, records)
     # this run's slots that every try failed: code -> k -> (privacy drops, label drops)
     unfilled: dict[int, dict[int, tuple[int, int]]] = {t.code: {} for t in targets}
     mine = (lambda k: k % shard_n == shard_i - 1) if shard_n > 1 else (lambda k: True)
     skipped = sum(1 for t in targets for k in present[t.code] if mine(k))
     for t in targets:
-        (out / where.folder(t.folder)).mkdir(exist_ok=True)
+        (out / place.folder(t.folder)).mkdir(exist_ok=True)
 
     workers = workers or min(4, os.cpu_count() or 1)
     part_name = f"shard-{shard_i}-of-{shard_n}"
-    paths: dict[str, Path] = {"images": where.root(out)}
+    paths: dict[str, Path] = {"images": place.root(out)}
     timings = {"inference_s": 0.0, "latents_s": 0.0, "wait_writers_s": 0.0}
     generated = 0
 
@@ -1035,11 +1035,11 @@ def augment(
         """CSVs (and at the end the manifest) from the files known to be on disk."""
         nonlocal real_text
         if shard_n > 1:
-            rows = _synthetic_rows(targets, present, mine, size, where, view)
+            rows = _synthetic_rows(targets, present, mine, size, place, view)
             write_nih_csv(rows, out / PARTS / f"{part_name}.csv")
             paths["part_csv"] = out / PARTS / f"{part_name}.csv"
         else:
-            rows = _synthetic_rows(targets, present, mine, size, where, view)
+            rows = _synthetic_rows(targets, present, mine, size, place, view)
             write_nih_csv(rows, out / DATA_CSV)
             if real_text is None:
                 real_text = _mixed_real_text(real, real_paths)
@@ -1073,7 +1073,7 @@ def augment(
                    "generate": t.count, "shard_share": sum(1 for k in range(t.count) if mine(k))
                    if shard_n > 1 else t.count,
                    "on_disk": sum(1 for k in present[t.code] if mine(k)),
-                   "folder": where.folder(t.folder),
+                   "folder": place.folder(t.folder),
                    "first_name": synthetic_name(t.code, 0)}
             if filters.active:
                 st = class_stats(t)
@@ -1209,7 +1209,7 @@ def augment(
             step = max(1, -(-len(batch) // workers))
             for i, c, e in runs:
                 t = targets[i]
-                folder = out / where.folder(t.folder)
+                folder = out / place.folder(t.folder)
                 bar_for(i)
                 for s0 in range(c, e, step):
                     pos = [j for j in range(s0, min(e, s0 + step))

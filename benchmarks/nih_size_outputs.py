@@ -1,0 +1,133 @@
+"""Benchmark: ``augment --output-size 1024`` (NIH's own size) against the PNG-encode limit.
+
+At 1024x1024 a 64x64 generator's inference is a small part of the work; each image is resized
+(Lanczos, in float, one rounding) and PNG-encoded. The limit measured here, in the same run, is
+encoding the very images augment writes, with augment's encoder, on every core at once (threads:
+zlib releases the GIL) and nothing else: what the machine can physically encode. Beside it:
+the resize alone, and the whole ``augment`` call. Then the encoder settings, one thread each:
+bytes per image against milliseconds per image for zlib levels 1/3/6/9 with the Up filter and
+the run-length or default strategy, and Pillow's own encoder, so the choice of level is measured.
+NIH's own 1024x1024 PNGs are ~300-450 KB (the sample's sizes are printed when it is there).
+
+    python benchmarks/nih_size_outputs.py [--per-class 8] [--size 1024] [--model FILE.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "nih-sample"
+
+
+def _encode_all(images: list[np.ndarray], workers: int, **kw: object) -> float:
+    """Images/s encoding ``images`` with augment's encoder on ``workers`` threads."""
+    from cxraug.synthesis.augment import encode_png
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda im: encode_png(im, **kw), images))
+    return len(images) / (time.perf_counter() - start)
+
+
+def _settings(images: list[np.ndarray]) -> list[tuple[str, float, float]]:
+    """(setting, KB per image, ms per image on one thread) for each encoder setting."""
+    import PIL.Image
+
+    import cxraug.synthesis.augment as A
+
+    rows = []
+    for level in (1, 3, 6, 9):
+        for strategy, name in ((zlib.Z_RLE, "rle"), (zlib.Z_DEFAULT_STRATEGY, "default")):
+            old = A.PNG_STRATEGY
+            A.PNG_STRATEGY = strategy
+            try:
+                start = time.perf_counter()
+                sizes = [len(A.encode_png(im, level=level)) for im in images]
+                ms = (time.perf_counter() - start) / len(images) * 1e3
+            finally:
+                A.PNG_STRATEGY = old
+            rows.append((f"Up filter, zlib {level}, {name}", float(np.mean(sizes)) / 1e3, ms))
+    start = time.perf_counter()
+    sizes = []
+    for im in images:
+        buf = io.BytesIO()
+        PIL.Image.fromarray(im).save(buf, format="PNG")  # Pillow's default: adaptive, level 6
+        sizes.append(buf.tell())
+    rows.append(("Pillow default (adaptive filter, zlib 6)", float(np.mean(sizes)) / 1e3,
+                 (time.perf_counter() - start) / len(images) * 1e3))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--per-class", type=int, default=8)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    from cxraug.synthesis.augment import augment, latents, resize_float
+    from cxraug.synthesis.generator import DEFAULT_MODEL, OnnxGenerator, to_uint8
+
+    model = args.model or DEFAULT_MODEL
+    cores = os.cpu_count() or 1
+    gen = OnnxGenerator(model, device="cpu")
+    n = args.per_class * len(gen.class_names)
+    print(f"cores {cores}, load average {os.getloadavg()[0]:.1f}, model {model} "
+          f"({gen.image_size}x{gen.image_size}), {n} images at {args.size}x{args.size}, best of "
+          f"{args.repeats}")
+    # the images augment writes: generated, resized in float, rounded once
+    hot = np.zeros((n, len(gen.class_names)), np.float32)
+    hot[np.arange(n), np.arange(n) % len(gen.class_names)] = 1
+    labels = hot if gen.label_mode == "multi-hot" else np.arange(n) % len(gen.class_names)
+    raw = gen.generate(latents(0, 0, range(n), gen.latent_dim), labels)
+    start = time.perf_counter()
+    images = [to_uint8(resize_float(im, args.size)) for im in raw]
+    resize_rate = n / (time.perf_counter() - start)
+
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            best["limit"] = max(best.get("limit", 0.0), _encode_all(images, cores))
+            out = Path(tmp) / "aug"
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            result = augment(model=model, out=out, per_class=args.per_class,
+                             output_size=args.size, device="cpu", progress=False,
+                             privacy_filter=False)
+            best["augment"] = max(best.get("augment", 0.0),
+                                  result.generated / (time.perf_counter() - start))
+            written = sorted((out / "images").glob("*.png"))
+            kb = float(np.mean([p.stat().st_size for p in written])) / 1e3
+    one = _encode_all(images, 1)
+    print(f"PNG-encode limit (augment's encoder, {cores} threads, encoding only): "
+          f"{best['limit']:.1f} img/s ({one:.1f} on one thread)")
+    print(f"resize {gen.image_size}->{args.size} (Lanczos, float), one thread: "
+          f"{resize_rate:.1f} img/s")
+    print(f"augment --output-size {args.size} end to end: {best['augment']:.1f} img/s, "
+          f"{kb:.0f} KB per image; ratio to the encode limit {best['augment'] / best['limit']:.2f}")
+    print(f"{'encoder setting (one thread)':44s} {'KB/img':>8s} {'ms/img':>8s}")
+    for name, size_kb, ms in _settings(images[:min(len(images), 24)]):
+        print(f"{name:44s} {size_kb:8.0f} {ms:8.1f}")
+    if (SAMPLE / "Data_Entry_2017.csv").is_file():
+        sizes = [p.stat().st_size for p in sorted(SAMPLE.rglob("*.png"))[:200]]
+        print(f"NIH's own PNGs ({len(sizes)} of the sample): median {np.median(sizes) / 1e3:.0f} "
+              f"KB (10-90%: {np.percentile(sizes, 10) / 1e3:.0f}-"
+              f"{np.percentile(sizes, 90) / 1e3:.0f} KB)")
+    print(f"load average now {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
