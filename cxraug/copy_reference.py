@@ -73,16 +73,18 @@ def standardize(thumbs: np.ndarray) -> np.ndarray:
 _CONTROLLER: Any = None
 
 
-def _one_blas_thread() -> Any:
-    """A context in which numpy's BLAS runs on one thread. Between onnxruntime calls (augment),
-    OpenBLAS's idle threads spin and take the cores onnxruntime needs next: on 2 cores augment
-    with the privacy filter ran at 0.66 of its unfiltered speed, 0.93 with one BLAS thread."""
+def one_blas_thread(threads: int = 1) -> Any:
+    """A context in which numpy's BLAS runs on one thread (process-wide). Between onnxruntime
+    calls (augment), OpenBLAS's idle threads spin and take the cores onnxruntime needs next: on
+    2 cores augment with the privacy filter ran at 0.66 of its unfiltered speed, 0.93 with one
+    BLAS thread; and augment's writer threads each resize with matrix products. ``threads``:
+    another count for a block that needs every core (a large reference's search)."""
     global _CONTROLLER
     from threadpoolctl import ThreadpoolController
 
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    return _CONTROLLER.limit(limits=threads, user_api="blas")
 
 
 def reference_path(model: str | os.PathLike) -> Path:
@@ -186,9 +188,10 @@ class TrainReference:
 
     def check(self, images_u8: np.ndarray) -> CopyCheck:
         if self.n > IN_MEMORY_ROWS:  # the search dominates: every core helps more than it costs
-            distance = self.nearest(images_u8)
+            with one_blas_thread(threads=os.cpu_count() or 1):
+                distance = self.nearest(images_u8)
         else:
-            with _one_blas_thread():
+            with one_blas_thread():
                 distance = self.nearest(images_u8)
         return CopyCheck(distance=distance, copy=(distance < self.threshold) | (distance == 0))
 

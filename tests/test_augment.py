@@ -637,3 +637,18 @@ def test_smoke_onnx_end_to_end(smoke_onnx: Path, phantom_cache: Path, tmp_path: 
     assert gen.specialized_labels == len(names)
     full = OnnxGenerator(smoke_onnx, device="cpu", specialize=False).generate(z, lab)
     assert np.max(np.abs(full - whole)) < 1e-5
+
+
+@pytest.mark.parametrize("size", [1024, 512, 100, 24])
+def test_resize_is_pillows_lanczos(size: int) -> None:
+    """augment's matrix Lanczos gives Pillow's float Lanczos numbers (and so the same bytes)."""
+    from cxraug.synthesis.augment import resize_float
+    from cxraug.synthesis.generator import to_uint8
+
+    image = np.tanh(np.random.default_rng(size).normal(size=(64, 64))).astype(np.float32)
+    ours = resize_float(image, size)
+    pillow = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS),
+                        np.float32)
+    assert ours.shape == (size, size) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, pillow, rtol=0, atol=1e-6)
+    assert np.array_equal(to_uint8(ours), to_uint8(pillow))
