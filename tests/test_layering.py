@@ -92,3 +92,31 @@ def _tiny_discriminator(cfg: ModelConfig, num_classes: int):  # noqa: ANN202
 
     image = keras.Input(shape=(cfg.image_size, cfg.image_size, 1), name="image")
     return keras.Model(image, keras.layers.Dense(1)(keras.layers.Flatten()(image)))
+
+
+def test_a_new_report_section_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A metric registered by name gets a per-class entry and overall numbers from compute."""
+    from cxraug.evaluation import sections as S
+
+    assert list(S.SECTIONS) == ["realism", "baseline", "label_fidelity", "diversity",
+                                "two_sample", "memorization"]
+    monkeypatch.setattr(S, "SECTIONS", {})
+
+    def overall(s: S.Shared, per: dict) -> dict:
+        return {"toy_total": sum(per[c]["toy"]["n"] for c in s.classes),
+                "toy_mean": s.macro(per, "toy", "n")}
+
+    S.register("toy", overall)(lambda s, v: {"n": int(v.sel.sum()), "held": int(v.hsel.sum())})
+    with pytest.raises(ValueError, match="already registered"):
+        S.register("toy", overall)(lambda s, v: {})
+    empty = np.zeros((0, 4))
+    shared = S.Shared(classes=["A", "B"], cache_idx={"A": 0, "B": 3}, seed=0, min_heldout=50,
+                      synth={}, synth_class=np.array([0, 0, 1]), syn_feat=empty,
+                      held_images=empty, held_labels=np.array([3, 3, 0, 5]), held_feat=empty,
+                      train_feat=empty, train_labels=np.array([0, 3, 3]), train_subset={},
+                      subset_images={}, judge=False, judge_info={})
+    per_class, overall_numbers = S.compute(shared)
+    assert per_class["A"] == {"n_synthetic": 2, "n_real_heldout": 1, "n_real_train": 1,
+                              "toy": {"n": 2, "held": 1}}
+    assert per_class["B"]["toy"] == {"n": 1, "held": 2}
+    assert overall_numbers == {"toy_total": 3, "toy_mean": 1.5}

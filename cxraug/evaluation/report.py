@@ -41,6 +41,7 @@ from ..io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 from . import metrics as M
 from . import realism as R
 from . import render
+from . import sections as S
 from .classifier import (
     CLASSIFIER_JSON,
     ClassifierFeatures,
@@ -53,8 +54,6 @@ from .render import summary_text
 NEAR_COPY_PERCENTILE = 1.0
 #: Latent vectors per class for the same-z / different-label measurement.
 SWAP_Z = 16
-#: Pairs per set for mean pairwise MS-SSIM.
-MS_SSIM_PAIRS = 300
 #: Held-out real images a class needs before FID, KID and precision/recall are computed for it:
 #: below this they are noise (KID comes out negative, FID is dominated by its small-N bias).
 MIN_FEATURE_HELDOUT = 50
@@ -88,12 +87,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return _round(obj)
-
-
-def _mean(values: list[Any]) -> float | None:
-    vals = [float(v) for v in values if v is not None and not (
-        isinstance(v, float) and math.isnan(v))]
-    return float(np.mean(vals)) if vals else None
 
 
 class _Gen:
@@ -358,98 +351,21 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
             held_dec = (held_p * scale).argmax(1)
             held_class = np.array([classes.index(cache_classes[v]) for v in held_labels])
 
-        per_class: dict[str, Any] = {}
-        for ci, name in enumerate(classes):
-            sel = synth_class == ci
-            hsel = held_labels == cache_idx[name]
-            real_f = held_feat[hsel]
-            comp = M.compare_sets(syn_feat[sel], real_f, seed=seed,
-                                  min_reference=min_heldout)
-            base = M.compare_sets(train_feat[train_subset[name]], real_f, seed=seed,
-                                  min_reference=min_heldout)
-            lab: dict[str, Any] = {"synthetic_auroc": None, "synthetic_accuracy": None,
-                                   "real_auroc": None, "real_accuracy": None,
-                                   "n_real": int(hsel.sum()),
-                                   "judge_val_auroc": (feats.info.get("val_auroc") or {}).get(name)}
-            if judge:
-                lab["synthetic_auroc"] = M.auroc(sel, syn_p[:, ci])
-                lab["synthetic_accuracy"] = float((syn_dec[sel] == ci).mean())
-                lab["synthetic_mean_prob"] = float(syn_p[sel, ci].mean())
-                if hsel.any():
-                    lab["real_auroc"] = M.auroc(held_class == ci, held_p[:, ci])
-                    lab["real_accuracy"] = float((held_dec[hsel] == ci).mean())
-                    lab["real_mean_prob"] = float(held_p[hsel, ci].mean())
-            swap_stats = _label_swap(swap, swap_feat, ci)
-            lab.update(swap_stats)
-            syn_ms, syn_pairs = M.mean_pairwise_ms_ssim(synth[name], MS_SSIM_PAIRS, seed=seed)
-            real_ms, real_pairs = M.mean_pairwise_ms_ssim(subset_images[name], MS_SSIM_PAIRS,
-                                                          seed=seed)
-            d_pix, d_feat = nn_syn.distance[sel], syn_fdist[sel]
-            per_class[name] = {
-                "n_synthetic": int(sel.sum()), "n_real_heldout": int(hsel.sum()),
-                "n_real_train": int((train_labels == cache_idx[name]).sum()),
-                "realism": comp.to_dict(),
-                "baseline": base.to_dict(),
-                "label_fidelity": lab,
-                "diversity": {"synthetic_ms_ssim": syn_ms, "real_ms_ssim": real_ms,
-                              "synthetic_pairs": syn_pairs, "real_pairs": real_pairs,
-                              "pixel_ratio": R.diversity_ratio(R.thumbnails(synth[name]),
-                                                               R.thumbnails(subset_images[name]))
-                              if len(subset_images[name]) > 1 else None},
-                "two_sample": _class_two_sample(synth[name], held_images[hsel],
-                                                subset_images[name], seed),
-                "memorization": {
-                    "near_copies": int(near_copy[sel].sum()),
-                    "near_copy_fraction": float(near_copy[sel].mean()),
-                    "feature_near_fraction": float(feat_close[sel].mean()),
-                    "privacy_filter_fraction": None if privacy is None
-                    else float(privacy["copy"][sel].mean()),
-                    "pixel_distance_min": float(d_pix.min()),
-                    "pixel_distance_median": float(np.median(d_pix)),
-                    "pixel_ratio_median": float(np.median(d_pix) / pix_median)
-                    if pix_median > 0 else None,
-                    "feature_ratio_median": float(np.median(d_feat) / feat_median)
-                    if feat_median > 0 else None,
-                },
-            }
-
-        # ---- overall: macro means of the per-class numbers, and pooled sets
-        pooled_real = held_feat
-        pooled_base = np.concatenate([train_feat[train_subset[c]] for c in classes])
-        pooled = M.compare_sets(syn_feat, pooled_real, seed=seed,
-                                min_reference=min_heldout)
-        pooled_b = M.compare_sets(pooled_base, pooled_real, seed=seed,
-                                  min_reference=min_heldout)
-        two_sample = _pooled_two_sample(gen, reader, rng, seed, held_idx, held_all, train_idx)
-
-        def macro(section: str, key: str) -> float | None:
-            return _mean([per_class[c][section].get(key) for c in classes])
-
-        overall = {
-            "fid": macro("realism", "fid"), "baseline_fid": macro("baseline", "fid"),
-            "kid_mean": macro("realism", "kid_mean"),
-            "baseline_kid_mean": macro("baseline", "kid_mean"),
-            "precision": macro("realism", "precision"), "recall": macro("realism", "recall"),
-            "baseline_precision": macro("baseline", "precision"),
-            "baseline_recall": macro("baseline", "recall"),
-            "synthetic_auroc": macro("label_fidelity", "synthetic_auroc"),
-            "real_auroc": macro("label_fidelity", "real_auroc"),
-            "synthetic_accuracy": float((syn_dec == synth_class).mean()) if judge
-            else None,
-            "real_accuracy": float((held_dec == held_class).mean())
-            if judge and len(held_class) else None,
-            "label_swap_pixel_ratio": macro("label_fidelity", "label_swap_pixel_ratio"),
-            "label_swap_feature_ratio": macro("label_fidelity", "label_swap_feature_ratio"),
-            "synthetic_ms_ssim": macro("diversity", "synthetic_ms_ssim"),
-            "real_ms_ssim": macro("diversity", "real_ms_ssim"),
-            "near_copies": int(near_copy.sum()),
-            "near_copy_fraction": float(near_copy.mean()),
-            "feature_near_fraction": float(feat_close.mean()),
-            "privacy_filter_fraction": None if privacy is None
-            else float(privacy["copy"].mean()),
-            "pooled": {"synthetic": pooled.to_dict(), "baseline": pooled_b.to_dict()},
-            **two_sample,
-        }
+        shared = S.Shared(
+            classes=classes, cache_idx=cache_idx, seed=seed, min_heldout=min_heldout,
+            synth=synth, synth_class=synth_class, syn_feat=syn_feat, held_images=held_images,
+            held_labels=held_labels, held_feat=held_feat, train_feat=train_feat,
+            train_labels=train_labels, train_subset=train_subset, subset_images=subset_images,
+            judge=judge, judge_info=feats.info, swap=swap, swap_feat=swap_feat,
+            nn_distance=nn_syn.distance, syn_fdist=syn_fdist, near_copy=near_copy,
+            feat_close=feat_close, privacy=privacy, pix_median=pix_median,
+            feat_median=feat_median,
+            pooled_two_sample=lambda: _pooled_two_sample(gen, reader, rng, seed, held_idx,
+                                                         held_all, train_idx))
+        if judge:
+            shared.syn_p, shared.held_p = syn_p, held_p
+            shared.syn_dec, shared.held_dec, shared.held_class = syn_dec, held_dec, held_class
+        per_class, overall = S.compute(shared)
         memo_ref = {
             "heldout_to_train_pixel_p01": pix_thresh, "heldout_to_train_pixel_median": pix_median,
             "heldout_to_train_feature_p01": feat_thresh,
@@ -507,21 +423,6 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
 
 
 # ------------------------------------------------------------------- realism without features
-def _class_two_sample(synthetic: np.ndarray, heldout: np.ndarray, train: np.ndarray,
-                      seed: int) -> dict[str, Any]:
-    """Synthetic vs held-out real images of one class, beside real training vs held-out."""
-    if len(heldout) < R.MIN_TWO_SAMPLE:
-        return {"synthetic": None, "real_vs_real": None,
-                "note": f"too few held-out images (n={len(heldout)})"}
-    held_t = R.thumbnails(heldout)
-    syn_t = R.thumbnails(synthetic)
-    syn = R.mean_two_sample([R.two_sample_test(syn_t, held_t, seed=seed + r)
-                             for r in range(TWO_SAMPLE_REPEATS)])
-    real = (R.two_sample_test(R.thumbnails(train), held_t, seed=seed).to_dict()
-            if len(train) >= R.MIN_TWO_SAMPLE else None)
-    return {"synthetic": syn.to_dict(), "real_vs_real": real, "note": None}
-
-
 def _label_rows(gen: _Gen, reader: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The generator's label input for cache rows (class index, or multi-hot in the generator's
     class order) and which rows it can express (all their findings among its classes)."""
@@ -570,30 +471,6 @@ def _pooled_two_sample(gen: _Gen, reader: Any, rng: np.random.Generator, seed: i
             "two_sample_real": R.mean_two_sample(real_tests).to_dict() if real_tests else None,
             "pixel_diversity_ratio": R.diversity_ratio(syn_t, held_t),
             "two_sample_note": None}
-
-
-def _label_swap(swap: np.ndarray, swap_feat: np.ndarray, ci: int) -> dict[str, float | None]:
-    """Paper Fig. 9 as numbers: mean distance between G(z, c) and G(z, b), b != c (same z),
-    divided by the mean distance between G(z, c) and G(z', c) (same label, another z).
-
-    ~0: the label does not change the image; ~1 or more: changing the label changes the image as
-    much as drawing a new image. Needs at least 2 classes and 2 latents."""
-    n_cls, n_z = swap.shape[:2]
-    out: dict[str, float | None] = {"label_swap_pixel_ratio": None,
-                                    "label_swap_feature_ratio": None}
-    if n_cls < 2 or n_z < 2:
-        return out
-    for key, arr in (("pixel", swap.reshape(n_cls, n_z, -1).astype(np.float64)),
-                     ("feature", swap_feat.astype(np.float64))):
-        own = arr[ci]
-        others = np.delete(arr, ci, axis=0)
-        label_d = np.sqrt(((others - own[None]) ** 2).sum(-1)).mean()
-        zd = np.sqrt(((own[:, None] - own[None]) ** 2).sum(-1))
-        z_d = zd[~np.eye(n_z, dtype=bool)].mean()
-        out[f"label_swap_{key}_distance"] = float(label_d)
-        out[f"same_label_{key}_distance"] = float(z_d)
-        out[f"label_swap_{key}_ratio"] = float(label_d / z_d) if z_d > 0 else None
-    return out
 
 
 def _flags(per_class: dict[str, Any], overall: dict[str, Any], judge: bool) -> list[str]:
