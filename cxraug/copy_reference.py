@@ -44,9 +44,10 @@ IN_MEMORY_ROWS = 16384
 BLOCK_ROWS = 8192
 
 
-def thumbnails_u8(images: np.ndarray, size: int = THUMB) -> np.ndarray:
-    """uint8 ``[N, H, W]`` -> uint8 ``[N, size*size]``: box-averaged, rounded. Both sides of the
-    comparison are rounded the same way, so an exact copy is at distance exactly 0."""
+def box_average(images: np.ndarray, size: int = THUMB, dtype: type = np.float32) -> np.ndarray:
+    """``[N, H, W]`` (or ``[N, H, W, 1]``) -> ``[N, size, size]`` box averages in ``dtype`` (a
+    reshape-mean when the side divides, Pillow's BOX filter otherwise). The thumbnails of the
+    privacy filter here and of the realism measures (:mod:`cxraug.evaluation.realism`)."""
     x = np.asarray(images)
     if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
@@ -54,13 +55,19 @@ def thumbnails_u8(images: np.ndarray, size: int = THUMB) -> np.ndarray:
         raise ValueError(f"expected [N, H, W] images, got shape {x.shape}")
     n, h, w = x.shape
     if h % size == 0 and w % size == 0:
-        avg = x.astype(np.float32).reshape(n, size, h // size, size, w // size).mean(axis=(2, 4))
-    else:
-        from PIL import Image
+        return x.astype(dtype).reshape(n, size, h // size, size, w // size).mean(axis=(2, 4))
+    from PIL import Image
 
-        avg = np.stack([np.asarray(Image.fromarray(im.astype(np.float32), mode="F")
-                                   .resize((size, size), Image.Resampling.BOX)) for im in x])
-    return np.clip(np.rint(avg), 0, 255).astype(np.uint8).reshape(n, -1)
+    return np.stack([np.asarray(Image.fromarray(im.astype(np.float32), mode="F")
+                                .resize((size, size), Image.Resampling.BOX)) for im in x]
+                    ).astype(dtype)
+
+
+def thumbnails_u8(images: np.ndarray, size: int = THUMB) -> np.ndarray:
+    """uint8 ``[N, H, W]`` -> uint8 ``[N, size*size]``: box-averaged, rounded. Both sides of the
+    comparison are rounded the same way, so an exact copy is at distance exactly 0."""
+    avg = box_average(images, size)
+    return np.clip(np.rint(avg), 0, 255).astype(np.uint8).reshape(len(avg), -1)
 
 
 def standardize(thumbs: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..copy_reference import box_average
 from ..neighbors import nearest_neighbors
 
 THUMB = 32
@@ -39,19 +40,8 @@ MIN_TWO_SAMPLE = 20
 def thumbnails(images: np.ndarray, size: int = THUMB) -> np.ndarray:
     """``[N, H, W]`` (or ``[N, H, W, 1]``) images of any range -> ``[N, size*size]`` float64,
     box-averaged to ``size`` and standardized per image."""
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 3:
-        raise ValueError(f"expected [N, H, W] images, got shape {x.shape}")
-    n, h, w = x.shape
-    if h % size == 0 and w % size == 0:
-        x = x.reshape(n, size, h // size, size, w // size).mean(axis=(2, 4))
-    else:
-        from PIL import Image
-
-        x = np.stack([np.asarray(Image.fromarray(im.astype(np.float32), mode="F")
-                                 .resize((size, size), Image.BOX)) for im in x]).astype(np.float64)
+    x = box_average(np.asarray(images, dtype=np.float64), size, dtype=np.float64)
+    n = len(x)
     flat = x.reshape(n, -1)
     flat = flat - flat.mean(axis=1, keepdims=True)
     return flat / np.maximum(flat.std(axis=1, keepdims=True), 1e-8)
