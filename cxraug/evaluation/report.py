@@ -59,7 +59,6 @@ SWAP_Z = 16
 MIN_FEATURE_HELDOUT = 50
 #: Held-out real images a class needs before its label accuracy is compared with synthetic.
 MIN_LABEL_HELDOUT = 10
-TWO_SAMPLE_REPEATS = R.TWO_SAMPLE_REPEATS
 #: Warning thresholds: two-sample accuracy, pixel diversity ratio, caricature margin.
 SEPARABLE_ACCURACY = 0.75
 COLLAPSE_DIVERSITY = 0.8
@@ -458,7 +457,7 @@ def _pooled_two_sample(gen: _Gen, reader: Any, rng: np.random.Generator, seed: i
                 "two_sample_note": f"too few held-out images (n={n})"}
     held_t = R.thumbnails(held_all[ok])
     tests, real_tests, syn_t = [], [], None
-    for r in range(TWO_SAMPLE_REPEATS):
+    for r in range(R.TWO_SAMPLE_REPEATS):
         z = rng.standard_normal((n, gen.latent_dim)).astype(np.float32)
         syn = R.thumbnails(gen(z, glabels[ok]))
         syn_t = syn if syn_t is None else syn_t
