@@ -35,7 +35,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "nih-sample"
 
 def _encode_all(images: list[np.ndarray], workers: int, **kw: object) -> float:
     """Images/s encoding ``images`` with augment's encoder on ``workers`` threads."""
-    from cxraug.synthesis.augment import encode_png
+    from cxraug.synthesis.png import encode_png
 
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
@@ -47,7 +47,7 @@ def _settings(images: list[np.ndarray]) -> list[tuple[str, float, float]]:
     """(setting, KB per image, ms per image on one thread) for each encoder setting."""
     import PIL.Image
 
-    import cxraug.synthesis.augment as A
+    import cxraug.synthesis.png as A
 
     rows = []
     for level in (1, 3, 6, 9):

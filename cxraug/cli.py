@@ -17,6 +17,7 @@ import typer
 from . import __version__
 from .errors import CxrError
 from .quiet_tf import import_tensorflow
+from .synthesis.sinks import SINKS
 
 app = typer.Typer(
     name="cxraug",
@@ -90,11 +91,6 @@ def _require(command: str, **given: object) -> None:
 class MultiLabel(str, Enum):
     drop = "drop"
     keep = "keep"
-
-
-class Layout(str, Enum):
-    flat = "flat"
-    class_folders = "class-folders"
 
 
 class Device(str, Enum):
@@ -282,7 +278,7 @@ def augment(
     multi_label: Annotated[MultiLabel, typer.Option(help="How real multi-label rows are counted.")] = MultiLabel.drop,
     output_size: Annotated[int | None, typer.Option(help="Resize outputs, e.g. 1024 for NIH's size (the manifest records the real images' size).")] = None,
     view: Annotated[str | None, typer.Option(help="View Position of the synthetic rows, PA or AP (default: the view the generator was trained on; '' for none).")] = None,
-    layout: Annotated[Layout, typer.Option(help="flat (images/) or class-folders (<class>/).")] = Layout.flat,
+    layout: Annotated[str, typer.Option(help="Where the PNGs go: " + ", ".join(f"{n} ({s.description})" for n, s in SINKS.items()) + ".")] = "flat",
     device: Annotated[Device, typer.Option(help="auto, cuda or cpu.")] = Device.auto,
     seed: Annotated[int, typer.Option(help="Image k of class c depends only on (seed, c, k).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 64,
@@ -305,7 +301,7 @@ def augment(
         model=model, out=out, real_csv=real_csv, data=data, split_list=split_list,
         real_root=real_root, target_per_class=target_per_class, per_class=per_class,
         classes=_split_list(classes), labels=label, multi_label=multi_label.value,
-        output_size=output_size, view=view, layout=layout.value, device=device.value, seed=seed,
+        output_size=output_size, view=view, layout=layout, device=device.value, seed=seed,
         batch_size=batch_size, workers=workers, shard=shard, resume=resume, overwrite=overwrite,
         privacy_filter=privacy_filter, privacy_reference=privacy_reference,
         privacy_percentile=privacy_percentile, judge=judge, judge_real_share=judge_real_share,

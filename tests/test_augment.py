@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +20,20 @@ from helpers import PAPER7, REPO, files, make_generator, run, start_and_stop
 from helpers import cli as _cli
 from PIL import Image
 
+from cxraug.cli import main
 from cxraug.data.labels import read_nih_csv
 from cxraug.data.nih import NIH_HEADER_LINE
 from cxraug.errors import CxrError
 from cxraug.synthesis.augment import (
     SYNTH_PATIENT_BASE,
     augment,
-    encode_png,
     latents,
     parse_shard,
     plan_counts,
-    png_ok,
     synthetic_name,
 )
+from cxraug.synthesis.png import encode_png, png_ok
+from cxraug.synthesis.sinks import SINKS, Sink
 
 
 @pytest.fixture(scope="module")
@@ -652,3 +655,70 @@ def test_resize_is_pillows_lanczos(size: int) -> None:
     assert ours.shape == (size, size) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, pillow, rtol=0, atol=1e-6)
     assert np.array_equal(to_uint8(ours), to_uint8(pillow))
+
+
+# ------------------------------------------------------------------------------ output sinks
+class _MemorySink(Sink):
+    """A container that is not a folder of files: proves a new sink is one class + one entry."""
+
+    name, description = "memory", "in memory"
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[str, str], bytes] = {}
+        self.lock = threading.Lock()
+
+    def location(self, target_folder: str) -> str:
+        return f"mem/{target_folder}"
+
+    def root(self, out: Path) -> Path:
+        return out / "mem"
+
+    def stored(self, out: Path, location: str, ours) -> Iterator[str]:
+        return iter([n for (loc, n) in list(self.store) if loc == location and ours(n)])
+
+    def record(self, out: Path, location: str, name: str) -> None:
+        return None
+
+    def discard(self, out: Path, location: str, name: str) -> None:
+        self.store.pop((location, name), None)
+
+    def put(self, out: Path, location: str, name: str, data: bytes) -> None:
+        with self.lock:
+            self.store[(location, name)] = data
+
+    def exists(self, out: Path, location: str, name: str) -> bool:
+        return (location, name) in self.store
+
+    def remove(self, out: Path, locations: list[str], ours) -> None:
+        for key in [k for k in self.store if k[0] in locations and ours(k[1])]:
+            del self.store[key]
+
+
+def test_a_registered_sink_is_used_for_writing_listing_and_resume(
+        model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = _MemorySink()
+    monkeypatch.setitem(SINKS, "memory", sink)
+    out = tmp_path / "aug"
+    assert main(["augment", "--model", str(model), "--out", str(out), "--per-class", "3",
+                 "--classes", "Effusion,Mass", "--layout", "memory", "--device", "cpu",
+                 "--seed", "4"]) == 0
+    assert not (out / "images").exists()  # nothing went to the folder sink
+    mixed = pd.read_csv(out / "mixed.csv")
+    listed = mixed.loc[mixed["Synthetic"] == 1, "Path"].tolist()
+    assert sorted(listed) == sorted(f"{loc}/{n}" for loc, n in sink.store) and len(listed) == 6
+    assert {p.split("/")[1] for p in listed} == {"Effusion", "Mass"}
+    # the same images as the folder sink makes
+    ref = tmp_path / "ref"
+    run(model, ref, per_class=3, classes=["Effusion", "Mass"], seed=4)
+    assert {n: d for (_, n), d in sink.store.items()} == {
+        p.name: p.read_bytes() for p in (ref / "images").iterdir()}
+    # resume asks the sink what is stored: one image lost is made again, byte for byte
+    lost = sorted(sink.store)[2]
+    kept = sink.store.pop(lost)
+    result = run(model, out, per_class=3, classes=["Effusion", "Mass"], seed=4, layout="memory",
+                 resume=True)
+    assert result.generated == 1 and result.skipped == 5 and sink.store[lost] == kept
+    # --overwrite removes the old job's images through the sink
+    run(model, out, per_class=1, classes=["Mass"], seed=4, layout="memory", overwrite=True)
+    assert sorted(n for _, n in sink.store) == [synthetic_name(
+        result.targets[1]["code"], 0)]

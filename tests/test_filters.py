@@ -27,8 +27,9 @@ from cxraug.cli import main
 from cxraug.copy_reference import TrainReference, build_reference, thumbnails_u8
 from cxraug.data.cache import CacheReader
 from cxraug.errors import CxrError
-from cxraug.synthesis.augment import latents, png_record
+from cxraug.synthesis.augment import latents
 from cxraug.synthesis.filters import SlotRecord
+from cxraug.synthesis.png import png_record
 
 
 def bank_generator(path: Path, bank: np.ndarray, class_names: list[str], fingerprint: str,
@@ -108,7 +109,7 @@ def test_replacement_latents_and_png_records(tmp_path: Path) -> None:
     again = latents(3, 1, [5, 6], 8, tries=[1, 2])
     assert not np.allclose(again[0], first[0]) and not np.allclose(again[1], first[1])
     assert np.array_equal(again[1], latents(3, 1, [6], 8, tries=[2])[0])
-    from cxraug.synthesis.augment import encode_png
+    from cxraug.synthesis.png import encode_png
 
     path = tmp_path / "a.png"
     path.write_bytes(encode_png(np.arange(64, dtype=np.uint8).reshape(8, 8),

@@ -120,3 +120,15 @@ def test_a_new_report_section_is_one_registration(monkeypatch: pytest.MonkeyPatc
                               "toy": {"n": 2, "held": 1}}
     assert per_class["B"]["toy"] == {"n": 1, "held": 2}
     assert overall_numbers == {"toy_total": 3, "toy_mean": 1.5}
+    # ... and its table in report.html is one HtmlTable
+    from cxraug.evaluation import render as R
+
+    monkeypatch.setattr(R, "HTML_TABLES", (R.HtmlTable(
+        "toy", lambda r: "<h2>Toy</h2>", (("images", lambda v: v["toy"]["n"]),),
+        after=lambda r: [["total", r["overall"]["toy_total"]]]),))
+    report = {"generator": "g.onnx", "data": "d.h5", "split": "test", "n_per_class": 2,
+              "classifier": "c", "seed": 0, "created": "now", "flags": [], "notes": [],
+              "classes": per_class, "overall": overall_numbers}
+    page = R.html_report(report, [], b"", b"", b"", b"")
+    assert ("<h2>Toy</h2>\n<table><tr><th>class</th><th>images</th></tr><tr><td>A</td><td>2</td>"
+            "</tr><tr><td>B</td><td>1</td></tr><tr><td>total</td><td>3</td></tr></table>") in page

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,65 +298,146 @@ def charts(report: dict[str, Any], classes: list[str],
     return charts
 
 
+def _interval(t: dict[str, Any] | None) -> str:
+    return "n/a" if not t else f"{t['accuracy']:.3f} ({t['low']:.2f}-{t['high']:.2f})"
+
+
+@dataclass(frozen=True)
+class HtmlTable:
+    """One section's table in report.html: a heading, a paragraph (HTML, from the report), one
+    row per class (the class name, then ``columns``' values read from that class's entry of
+    ``report["classes"]``) and rows before and after them (overall rows). A new metric's table
+    is one entry of :data:`HTML_TABLES`."""
+
+    heading: str
+    intro: Callable[[dict[str, Any]], str]
+    columns: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]
+    before: Callable[[dict[str, Any]], list[list[Any]]] = lambda r: []
+    after: Callable[[dict[str, Any]], list[list[Any]]] = lambda r: []
+    first_column: str = "class"
+
+
+def _two_sample_intro(r: dict[str, Any]) -> str:
+    return ("<h2>Realism: can a classifier tell synthetic from real?</h2><p>A classifier "
+            "two-sample test: logistic regression on per-image standardized 32x32 pixels, 5-fold "
+            "cross-validated, equal numbers of synthetic and held-out real images (mean of "
+            f"{TWO_SAMPLE_REPEATS} synthetic draws; 95% interval). 0.5 = indistinguishable, 1.0 = "
+            "always told apart. Beside it the same test between real training images and the "
+            "held-out ones: two sets of real patients. Pixel diversity: mean distance between "
+            "synthetic images over that between real ones (1 = as varied; per class against "
+            "real training images of the class).</p>")
+
+
+def _two_sample_all(r: dict[str, Any]) -> list[list[Any]]:
+    o = r["overall"]
+    test, real_test = o.get("two_sample"), o.get("two_sample_real")
+    return [["all held-out images (label-matched)", test["n_per_side"] if test else "",
+             _interval(test), _interval(real_test), o.get("pixel_diversity_ratio"),
+             o.get("two_sample_note") or ""]]
+
+
+def _realism_mean(r: dict[str, Any]) -> list[list[Any]]:
+    o = r["overall"]
+    return [["macro mean", "", "", o["fid"], o["baseline_fid"], o["kid_mean"], "",
+             o["baseline_kid_mean"], o["precision"], o["recall"], o["baseline_precision"],
+             o["baseline_recall"], f"classes with at least {r['min_heldout']} held-out images"]]
+
+
+def _label_overall(r: dict[str, Any]) -> list[list[Any]]:
+    o = r["overall"]
+    return [["overall", "", o["synthetic_auroc"], o["real_auroc"], o["synthetic_accuracy"],
+             o["real_accuracy"], o["label_swap_pixel_ratio"], o["label_swap_feature_ratio"]]]
+
+
+def _memorization_intro(r: dict[str, Any]) -> str:
+    ref = r["memorization_reference"]
+    return ("<h2>Memorization</h2>\n"
+            f"<p>{html.escape(ref['near_copy_rule'])}: threshold "
+            f"{_fmt(ref['heldout_to_train_pixel_p01'])}"
+            f" (median held-out distance {_fmt(ref['heldout_to_train_pixel_median'])}, "
+            f"{ref['n_heldout']} held-out images). Ratios: synthetic distance / that median. "
+            "Privacy filter: the share `cxraug augment` would replace by its rule ("
+            f"{html.escape(str(ref.get('privacy_filter_rule')))}).</p>")
+
+
+def _get(section: str, key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda v: v[section].get(key)
+
+
+HTML_TABLES: tuple[HtmlTable, ...] = (
+    HtmlTable("two_sample", _two_sample_intro, (
+        ("N held-out", lambda v: v["n_real_heldout"]),
+        ("synthetic vs real", lambda v: _interval(v["two_sample"]["synthetic"])),
+        ("real vs real", lambda v: _interval(v["two_sample"]["real_vs_real"])),
+        ("pixel diversity", _get("diversity", "pixel_ratio")),
+        ("note", lambda v: v["two_sample"].get("note") or "")),
+        before=_two_sample_all, first_column="set"),
+    HtmlTable("realism", lambda r: (
+        "<h2>Realism (feature space)</h2><p>Synthetic vs held-out real images of each class; "
+        "the baseline is as many real training images against the same held-out images: what a "
+        "perfect generator would score at this N. FID is biased upwards at small N.</p>"), (
+        ("N syn", lambda v: v["n_synthetic"]), ("N real", lambda v: v["n_real_heldout"]),
+        ("FID", _get("realism", "fid")), ("FID base", _get("baseline", "fid")),
+        ("KID", _get("realism", "kid_mean")), ("KID std", _get("realism", "kid_std")),
+        ("KID base", _get("baseline", "kid_mean")),
+        ("precision", _get("realism", "precision")), ("recall", _get("realism", "recall")),
+        ("P base", _get("baseline", "precision")), ("R base", _get("baseline", "recall")),
+        ("note", lambda v: v["realism"].get("note") or "")), after=_realism_mean),
+    HtmlTable("label_fidelity", lambda r: (
+        "<h2>Label fidelity</h2><p>The judge's AUROC and accuracy (its decision, the class with "
+        "the highest probability / training prevalence, is the requested class) on synthetic vs "
+        "held-out real images. Judge val AUROC: how well the judge recognizes the class in real "
+        "validation images; near 0.5 its verdicts mean little. Swap ratio: distance between "
+        "G(z, c) and G(z, other class) relative to the distance between two z of class c.</p>"), (
+        ("judge val AUROC", _get("label_fidelity", "judge_val_auroc")),
+        ("AUROC syn", _get("label_fidelity", "synthetic_auroc")),
+        ("AUROC real", _get("label_fidelity", "real_auroc")),
+        ("acc syn", _get("label_fidelity", "synthetic_accuracy")),
+        ("acc real", _get("label_fidelity", "real_accuracy")),
+        ("swap ratio px", _get("label_fidelity", "label_swap_pixel_ratio")),
+        ("swap ratio feat", _get("label_fidelity", "label_swap_feature_ratio"))),
+        after=_label_overall),
+    HtmlTable("diversity", lambda r: (
+        "<h2>Diversity</h2><p>Mean pairwise MS-SSIM within each class (lower = more "
+        "diverse).</p>"), (
+        ("synthetic", _get("diversity", "synthetic_ms_ssim")),
+        ("real", _get("diversity", "real_ms_ssim")),
+        ("pairs", _get("diversity", "synthetic_pairs")))),
+    HtmlTable("memorization", _memorization_intro, (
+        ("near-copies", _get("memorization", "near_copies")),
+        ("fraction", _get("memorization", "near_copy_fraction")),
+        ("feature-near fraction", _get("memorization", "feature_near_fraction")),
+        ("min px distance", _get("memorization", "pixel_distance_min")),
+        ("px ratio (median)", _get("memorization", "pixel_ratio_median")),
+        ("feature ratio (median)", _get("memorization", "feature_ratio_median")),
+        ("privacy filter", _get("memorization", "privacy_filter_fraction")))),
+)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(t: HtmlTable, report: dict[str, Any]) -> str:
+    rows = t.before(report) + [[c, *(get(v) for _, get in t.columns)]
+                               for c, v in report["classes"].items()] + t.after(report)
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in [t.first_column, *(h for h, _ in t.columns)])
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
 def html_report(report: dict[str, Any], charts: list[tuple[str, bytes]], samples: bytes,
                 real: bytes, swap: bytes, pairs: bytes) -> str:
-    """report.html: every table and chart of the report, images inlined (one file)."""
+    """report.html: every section's table (:data:`HTML_TABLES`), the charts and the image grids,
+    images inlined (one file)."""
     def img(data: bytes, alt: str) -> str:
         return (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
                 f'{base64.b64encode(data).decode()}">')
 
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return html.escape(str(v))
-
-    def table(rows: list[list[Any]], head: list[str]) -> str:
-        th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
-        return f"<table><tr>{th}</tr>{body}</table>"
-
-    per = report["classes"]
-    o = report["overall"]
-    real_rows = [[c, v["n_synthetic"], v["n_real_heldout"], v["realism"]["fid"],
-                  v["baseline"]["fid"], v["realism"]["kid_mean"], v["realism"]["kid_std"],
-                  v["baseline"]["kid_mean"], v["realism"]["precision"], v["realism"]["recall"],
-                  v["baseline"]["precision"], v["baseline"]["recall"],
-                  v["realism"].get("note") or ""] for c, v in per.items()]
-    real_rows.append(["macro mean", "", "", o["fid"], o["baseline_fid"], o["kid_mean"], "",
-                      o["baseline_kid_mean"], o["precision"], o["recall"],
-                      o["baseline_precision"], o["baseline_recall"],
-                      f"classes with at least {report['min_heldout']} held-out images"])
-
-    def interval(t: dict[str, Any] | None) -> str:
-        return "n/a" if not t else f"{t['accuracy']:.3f} ({t['low']:.2f}-{t['high']:.2f})"
-
-    test, real_test = o.get("two_sample"), o.get("two_sample_real")
-    c2st_rows = [["all held-out images (label-matched)", test["n_per_side"] if test else "",
-                  interval(test), interval(real_test), o.get("pixel_diversity_ratio"),
-                  o.get("two_sample_note") or ""]]
-    for c, v in per.items():
-        pair = v["two_sample"]
-        c2st_rows.append([c, v["n_real_heldout"], interval(pair["synthetic"]),
-                          interval(pair["real_vs_real"]), v["diversity"].get("pixel_ratio"),
-                          pair.get("note") or ""])
-    lab_rows = [[c, v["label_fidelity"]["judge_val_auroc"], v["label_fidelity"]["synthetic_auroc"],
-                 v["label_fidelity"]["real_auroc"],
-                 v["label_fidelity"]["synthetic_accuracy"], v["label_fidelity"]["real_accuracy"],
-                 v["label_fidelity"]["label_swap_pixel_ratio"],
-                 v["label_fidelity"]["label_swap_feature_ratio"]] for c, v in per.items()]
-    lab_rows.append(["overall", "", o["synthetic_auroc"], o["real_auroc"], o["synthetic_accuracy"],
-                     o["real_accuracy"], o["label_swap_pixel_ratio"],
-                     o["label_swap_feature_ratio"]])
-    div_rows = [[c, v["diversity"]["synthetic_ms_ssim"], v["diversity"]["real_ms_ssim"],
-                 v["diversity"]["synthetic_pairs"]] for c, v in per.items()]
-    mem_rows = [[c, v["memorization"]["near_copies"], v["memorization"]["near_copy_fraction"],
-                 v["memorization"]["feature_near_fraction"],
-                 v["memorization"]["pixel_distance_min"], v["memorization"]["pixel_ratio_median"],
-                 v["memorization"]["feature_ratio_median"],
-                 v["memorization"].get("privacy_filter_fraction")] for c, v in per.items()]
-    ref = report["memorization_reference"]
     flags = "".join(f"<li>{html.escape(f)}</li>" for f in report["flags"]) or \
         "<li>no warnings</li>"
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"])
@@ -366,49 +448,17 @@ def html_report(report: dict[str, Any], charts: list[tuple[str, bytes]], samples
         "padding:2px 6px;text-align:right}th{background:#eee}td:first-child{text-align:left}"
         "img{margin:4px 0;max-width:100%}</style></head><body>",
         "<h1>cxraug evaluation report</h1>",
-        f"<p>generator <code>{fmt(report['generator'])}</code>, data <code>"
-        f"{fmt(report['data'])}</code>, held-out split <b>{fmt(report['split'])}</b>, "
+        f"<p>generator <code>{_fmt(report['generator'])}</code>, data <code>"
+        f"{_fmt(report['data'])}</code>, held-out split <b>{_fmt(report['split'])}</b>, "
         f"{report['n_per_class']} synthetic images per class, feature model "
-        f"<code>{fmt(report['classifier'])}</code>, seed {report['seed']}, created "
-        f"{fmt(report['created'])}. How to read it: docs/EVALUATION.md.</p>",
+        f"<code>{_fmt(report['classifier'])}</code>, seed {report['seed']}, created "
+        f"{_fmt(report['created'])}. How to read it: docs/EVALUATION.md.</p>",
         f"<h2>Warnings</h2><ul>{flags}</ul>", f"<ul>{notes}</ul>" if notes else "",
-        "<h2>Realism: can a classifier tell synthetic from real?</h2><p>A classifier two-sample "
-        "test: logistic regression on per-image standardized 32x32 pixels, 5-fold "
-        "cross-validated, equal numbers of synthetic and held-out real images (mean of "
-        f"{TWO_SAMPLE_REPEATS} synthetic draws; 95% interval). 0.5 = indistinguishable, 1.0 = "
-        "always told apart. Beside it the same test between real training images and the "
-        "held-out ones: two sets of real patients. Pixel diversity: mean distance between "
-        "synthetic images over that between real ones (1 = as varied; per class against real "
-        "training images of the class).</p>",
-        table(c2st_rows, ["set", "N held-out", "synthetic vs real", "real vs real",
-                          "pixel diversity", "note"]),
-        "<h2>Realism (feature space)</h2><p>Synthetic vs held-out real images of each class; the "
-        "baseline is as many real training images against the same held-out images: what a "
-        "perfect generator would score at this N. FID is biased upwards at small N.</p>",
-        table(real_rows, ["class", "N syn", "N real", "FID", "FID base", "KID", "KID std",
-                          "KID base", "precision", "recall", "P base", "R base", "note"]),
-        "<h2>Label fidelity</h2><p>The judge's AUROC and accuracy (its decision, the class with "
-        "the highest probability / training prevalence, is the requested class) on synthetic vs "
-        "held-out real images. Judge val AUROC: how well the judge recognizes the class in real "
-        "validation images; near 0.5 its verdicts mean little. Swap ratio: distance between "
-        "G(z, c) and G(z, other class) relative to the distance between two z of class c.</p>",
-        table(lab_rows, ["class", "judge val AUROC", "AUROC syn", "AUROC real", "acc syn",
-                         "acc real", "swap ratio px", "swap ratio feat"]),
-        "<h2>Diversity</h2><p>Mean pairwise MS-SSIM within each class (lower = more diverse).</p>",
-        table(div_rows, ["class", "synthetic", "real", "pairs"]),
-        "<h2>Memorization</h2>",
-        f"<p>{html.escape(ref['near_copy_rule'])}: threshold "
-        f"{fmt(ref['heldout_to_train_pixel_p01'])}"
-        f" (median held-out distance {fmt(ref['heldout_to_train_pixel_median'])}, "
-        f"{ref['n_heldout']} held-out images). Ratios: synthetic distance / that median. "
-        "Privacy filter: the share `cxraug augment` would replace by its rule ("
-        f"{html.escape(str(ref.get('privacy_filter_rule')))}).</p>",
-        table(mem_rows, ["class", "near-copies", "fraction", "feature-near fraction",
-                         "min px distance", "px ratio (median)", "feature ratio (median)",
-                         "privacy filter"]),
-        "<h3>Closest synthetic / training pairs</h3>", img(pairs, "nearest pairs"),
-        "<h2>Plots</h2>",
     ]
+    for table in HTML_TABLES:
+        parts += [table.intro(report), _table(table, report)]
+    parts += ["<h3>Closest synthetic / training pairs</h3>", img(pairs, "nearest pairs"),
+              "<h2>Plots</h2>"]
     for title, png in charts:
         parts += [f"<h3>{html.escape(title)}</h3>", img(png, title)]
     parts += ["<h2>Samples</h2><p>Synthetic (rows = classes)</p>", img(samples, "samples"),

@@ -68,13 +68,12 @@ import json
 import math
 import os
 import re
-import struct
 import sys
 import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,9 +85,11 @@ import pandas as pd
 from .. import __version__
 from ..data.labels import VIEWS
 from ..errors import CxrError
-from ..io_utils import pid_alive, sha256_file, write_json_atomic, write_text_atomic
-from .filters import HIGH_DROP, KEEP, PRIVACY, TEXT_KEY, ClassStats, Filters, SlotRecord
+from ..io_utils import sha256_file, write_json_atomic, write_text_atomic
+from .filters import HIGH_DROP, KEEP, PRIVACY, ClassStats, Filters, SlotRecord
 from .generator import OnnxGenerator, to_uint8
+from .png import PNG_LEVEL, encode_png
+from .sinks import SINKS, TMP_RE, Sink
 
 JOB_FORMAT = "cxraug-augment-1"
 SYNTH_PATIENT_BASE = 90_000_000
@@ -96,11 +97,6 @@ CODE_STRIDE = 100_000  # synthetic patient ids per target
 PER_PATIENT = 1000  # follow-ups per synthetic patient (NIH's %03d)
 MAX_CODES = 100
 MAX_PER_TARGET = CODE_STRIDE * PER_PATIENT
-PNG_FILTER = 2  # "Up": cheap and about as small as Pillow's adaptive choice on GAN images
-PNG_LEVEL = 1  # zlib level: 1 encodes ~2x faster than 6 for a few percent more bytes
-# zlib's run-length strategy: after the Up filter a GAN image is mostly small residuals and runs of
-# zeros; RLE encodes them ~1.5x faster than the default strategy for ~2% more bytes
-PNG_STRATEGY = zlib.Z_RLE
 MULTI_HOT_KEY = 1 << 62  # RNG keys of multi-hot targets: this bit | class bitmask
 
 DATA_CSV = "Data_Entry_2017.csv"
@@ -108,13 +104,8 @@ MIXED_CSV = "mixed.csv"
 MANIFEST = "manifest.json"
 JOB_FILE = "job.json"
 PARTS = "parts"
-IMAGES = "images"
 
 _SYNTH_RE = re.compile(r"^9\d{7}_\d{3}\.png$")
-_TMP_RE = re.compile(r"^\..+\.tmp$")
-_TMP_PID_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -129,28 +120,6 @@ class Target:
     folder: str  # folder name in the class-folders layout
     real: int | None  # real images counted (None without real data)
     count: int  # images the whole job generates (all shards)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a target's PNGs go inside ``--out``: one ``images/`` folder, or a folder per class.
-    Every path augment writes, scans or lists comes from here (a new ``--layout`` is one entry
-    of :data:`LAYOUTS`)."""
-
-    name: str
-    per_class: bool
-
-    def folder(self, target_folder: str) -> str:
-        """The folder (relative to ``--out``) of a target whose own folder name is given."""
-        return target_folder if self.per_class else IMAGES
-
-    def root(self, out: Path) -> Path:
-        """What the summary names as where the images are."""
-        return out if self.per_class else out / IMAGES
-
-
-LAYOUTS = {"flat": Layout("flat", per_class=False),
-           "class-folders": Layout("class-folders", per_class=True)}
 
 
 def synthetic_name(code: int, k: int) -> str:
@@ -175,63 +144,6 @@ def latents(seed: int, key: int, ks: Sequence[int] | np.ndarray, dim: int,
         bitgen = np.random.Philox(key=full_key, counter=(int(k) << 128) | (attempt << 96))
         out[i] = np.random.Generator(bitgen).standard_normal(dim, dtype=np.float32)
     return out
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def encode_png(gray: np.ndarray, level: int = PNG_LEVEL, text: str | None = None) -> bytes:
-    """8-bit grayscale PNG bytes; ~3x faster than Pillow's encoder and independent of its version.
-
-    Every row uses filter "Up" (difference to the row above); zlib releases the GIL, so writer
-    threads encode in parallel with onnxruntime. ``text``: a ``tEXt`` chunk ``cxraug-filter``
-    right after the header (the filters' record of the image, :func:`png_record` reads it).
-    """
-    gray = np.ascontiguousarray(gray, dtype=np.uint8)
-    h, w = gray.shape
-    raw = np.empty((h, w + 1), dtype=np.uint8)
-    raw[:, 0] = PNG_FILTER
-    raw[0, 1:] = gray[0]
-    np.subtract(gray[1:], gray[:-1], out=raw[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    packer = zlib.compressobj(level, zlib.DEFLATED, 15, 8, PNG_STRATEGY)
-    idat = packer.compress(raw.tobytes()) + packer.flush()
-    extra = b"" if text is None else _png_chunk(
-        b"tEXt", TEXT_KEY.encode("latin-1") + b"\0" + text.encode("latin-1"))
-    return (_PNG_SIG + _png_chunk(b"IHDR", ihdr) + extra + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
-
-
-def png_record(path: Path) -> SlotRecord | None:
-    """The filters' record in a PNG written by :func:`encode_png` (None without one)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(33 + 8 + 96)
-    except OSError:
-        return None
-    if head[:8] != _PNG_SIG or head[37:41] != b"tEXt":
-        return None
-    length = struct.unpack(">I", head[33:37])[0]
-    body = head[41:41 + length]
-    key, _, value = body.partition(b"\0")
-    if key != TEXT_KEY.encode("latin-1"):
-        return None
-    return SlotRecord.parse(value.decode("latin-1"))
-
-
-def png_ok(path: Path) -> bool:
-    """Cheap completeness check: PNG signature at the start and the IEND chunk at the end."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() < 8 + 25 + 12:
-                return False
-            handle.seek(-12, os.SEEK_END)
-            return head == _PNG_SIG and handle.read(12) == _PNG_END
-    except OSError:
-        return False
 
 
 @functools.lru_cache(maxsize=16)
@@ -690,9 +602,13 @@ def _targets(gen: OnnxGenerator, classes: Sequence[str] | None,
     return out
 
 
-def _folders_of(spec: dict[str, Any]) -> list[str]:
-    where = LAYOUTS.get(str(spec.get("layout")), LAYOUTS["flat"])
-    return list(dict.fromkeys(where.folder(t["folder"]) for t in spec.get("targets", [])))
+def _sink_of(spec: dict[str, Any]) -> Sink:
+    return SINKS.get(str(spec.get("layout")), SINKS["flat"])
+
+
+def _ours(name: str) -> bool:
+    """Whether a stored name is one of augment's (never a user's file)."""
+    return _SYNTH_RE.match(name) is not None
 
 
 def _remove_outputs(out: Path, spec: dict[str, Any]) -> None:
@@ -700,39 +616,22 @@ def _remove_outputs(out: Path, spec: dict[str, Any]) -> None:
 
     ``job.json`` goes last, so an interrupted removal is simply repeated by the next --overwrite.
     """
-    for folder in _folders_of(spec):
-        path = out / folder
-        if not path.is_dir():
-            continue
-        for entry in os.scandir(path):
-            if entry.is_file() and (_SYNTH_RE.match(entry.name) or _TMP_RE.match(entry.name)):
-                os.unlink(entry.path)
-        with contextlib.suppress(OSError):
-            path.rmdir()
+    sink = _sink_of(spec)
+    locations = list(dict.fromkeys(sink.location(t["folder"]) for t in spec.get("targets", [])))
+    sink.remove(out, locations, _ours)
     for name in (DATA_CSV, MIXED_CSV, MANIFEST):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
     parts = out / PARTS
     if parts.is_dir():
         for entry in os.scandir(parts):
-            if re.match(r"^shard-\d+-of-\d+\.(csv|json)$", entry.name) or _TMP_RE.match(
+            if re.match(r"^shard-\d+-of-\d+\.(csv|json)$", entry.name) or TMP_RE.match(
                     entry.name):
                 os.unlink(entry.path)
         with contextlib.suppress(OSError):
             parts.rmdir()
     with contextlib.suppress(FileNotFoundError):
         (out / JOB_FILE).unlink()
-
-
-def _writer_alive(tmp_name: str) -> bool:
-    """Whether the process named in a ``.NAME.PID.tmp`` file still runs: another shard writing
-    into the same folder keeps its files in flight; a killed run's are removed."""
-    match = _TMP_PID_RE.match(tmp_name)
-    if match is None:
-        return False
-    pid = int(match.group(1))
-    # ours from an earlier attempt in this process: nothing is in flight
-    return pid != os.getpid() and pid_alive(pid)
 
 
 def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> None:
@@ -744,7 +643,7 @@ def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool)
         # another shard starting into the same folder may be writing job.json right now: its
         # temporaries do not count, and a job.json that appears meanwhile is compared below
         others = [e.name for e in out.iterdir()
-                  if e.name != JOB_FILE and not _TMP_RE.match(e.name)]
+                  if e.name != JOB_FILE and not TMP_RE.match(e.name)]
         if others and not job.is_file():
             raise CxrError(f"--out {out} is not empty and holds no augment job ({JOB_FILE}); "
                            "give a new or empty folder")
@@ -778,27 +677,17 @@ def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool)
                        "writable folder") from None
 
 
-def _scan(out: Path, targets: list[Target], where: Layout,
+def _scan(out: Path, targets: list[Target], sink: Sink,
           records: dict[int, dict[int, SlotRecord]] | None = None) -> dict[int, set[int]]:
-    """Images of this job already on disk and complete, per target code; removes broken ones.
-    ``records``: filled with each image's filter record (filtered jobs)."""
+    """Images of this job already stored and complete, per target code (the sink removes broken
+    ones). ``records``: filled with each image's filter record (filtered jobs)."""
     present: dict[int, set[int]] = {t.code: set() for t in targets}
-    by_name: dict[str, dict[int, Target]] = {}
+    by_location: dict[str, dict[int, Target]] = {}
     for t in targets:
-        by_name.setdefault(where.folder(t.folder), {})[t.code] = t
-    for folder, codes in by_name.items():
-        path = out / folder
-        if not path.is_dir():
-            continue
-        for entry in os.scandir(path):
-            if _TMP_RE.match(entry.name):
-                if not _writer_alive(entry.name):  # left by a killed run (not a live shard's)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                continue
-            if not _SYNTH_RE.match(entry.name):
-                continue
-            pid, fu = int(entry.name[:8]), int(entry.name[9:12])
+        by_location.setdefault(sink.location(t.folder), {})[t.code] = t
+    for location, codes in by_location.items():
+        for name in sink.stored(out, location, _ours):
+            pid, fu = int(name[:8]), int(name[9:12])
             code, block = divmod(pid - SYNTH_PATIENT_BASE, CODE_STRIDE)
             t = codes.get(code)
             if t is None:
@@ -806,35 +695,28 @@ def _scan(out: Path, targets: list[Target], where: Layout,
             k = block * PER_PATIENT + fu
             if k >= t.count:
                 continue
-            if png_ok(Path(entry.path)):
-                if records is not None:
-                    record = png_record(Path(entry.path))
-                    if record is None:  # not this filtered job's image: make it again
-                        os.unlink(entry.path)
-                        continue
-                    records[code][k] = record
-                present[code].add(k)
-            else:
-                os.unlink(entry.path)
+            if records is not None:
+                record = sink.record(out, location, name)
+                if record is None:  # not this filtered job's image: make it again
+                    sink.discard(out, location, name)
+                    continue
+                records[code][k] = record
+            present[code].add(k)
     return present
 
 
-def _write_batch(images: np.ndarray, paths: list[Path], ks: list[int],
-                 size: int, texts: list[str | None] | None = None) -> list[int]:
-    """Resize (if asked), quantize, encode and atomically write one chunk; returns its ks."""
-    pid = os.getpid()
-    texts = texts or [None] * len(paths)
-    for image, path, text in zip(images, paths, texts, strict=True):
-        data = encode_png(to_uint8(resize_float(image, size)), text=text)
-        tmp = path.with_name(f".{path.name}.{pid}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+def _write_batch(sink: Sink, out: Path, location: str, images: np.ndarray, names: list[str],
+                 ks: list[int], size: int, texts: list[str | None] | None = None) -> list[int]:
+    """Resize (if asked), quantize, encode and store one chunk (on a writer thread); returns
+    its ks."""
+    texts = texts or [None] * len(names)
+    for image, name, text in zip(images, names, texts, strict=True):
+        sink.put(out, location, name, encode_png(to_uint8(resize_float(image, size)), text=text))
     return ks
 
 
 def _synthetic_rows(targets: list[Target], present: dict[int, set[int]], keep: Any,
-                    size: int, where: Layout, view: str = "") -> pd.DataFrame:
+                    size: int, sink: Sink, view: str = "") -> pd.DataFrame:
     from ..data.nih import (
         FINDING_LABELS,
         FOLLOW_UP,
@@ -849,7 +731,7 @@ def _synthetic_rows(targets: list[Target], present: dict[int, set[int]], keep: A
     labels: list[str] = []
     paths: list[str] = []
     for t in targets:
-        folder = where.folder(t.folder)
+        folder = sink.location(t.folder)
         for k in sorted(k for k in present[t.code] if keep(k)):
             name = synthetic_name(t.code, k)
             names.append(name)
@@ -936,7 +818,6 @@ def augment(
     ``privacy_*``, ``judge*``, ``max_tries``: the filters (:mod:`.filters`); the privacy filter is
     on wherever a training reference is found.
     """
-    from ..data.nih import write_nih_csv
     from .generator import DEFAULT_MODEL
 
     started = time.perf_counter()
@@ -952,9 +833,8 @@ def augment(
         notes.append(f"no real data given (--real-csv or --data): every class is topped up "
                      f"from 0 to {target_per_class} synthetic images")
     # ---- options that need nothing loaded
-    if layout not in LAYOUTS:
-        raise CxrError(f"--layout {layout!r}: expected {' or '.join(LAYOUTS)}")
-    place = LAYOUTS[layout]
+    if layout not in SINKS:
+        raise CxrError(f"--layout {layout!r}: expected {' or '.join(SINKS)}")
     if batch_size < 1:
         raise CxrError(f"--batch-size {batch_size}: give a positive number")
     if workers is not None and workers < 1:
@@ -1026,287 +906,32 @@ def augment(
     if progress:
         for note in filters.notes:
             print(note, file=sys.stderr)
-    real_paths: list[str] | None = None
-    real_missing = 0
-    real_sizes: list[list[int]] = []
+    real_paths, real_missing = None, 0
     if real is not None and shard_n == 1:  # (a shard writes no mixed.csv)
-        root = Path(real_root) if real_root is not None else real.root
-        if root is not None and (real_root is not None or root.is_dir()):
-            real_paths = _real_paths(real, root)
-        else:
-            real_paths = [""] * len(real.rows)
-        real_missing = sum(1 for p in real_paths if not p)
-        if real_root is not None and real_paths and real_missing == len(real_paths):
-            raise CxrError(f"--real-root {real_root}: none of the {len(real_paths):,} real images "
-                           "of the label file is there; give the folder holding them")
-        if real_missing:
-            where = f"under {root}" if root is not None else "(no folder to look in)"
-            notes.append(f"{real_missing:,} of {len(real_paths):,} real images not found {where}; "
-                         "mixed.csv leaves them out (give --real-root FOLDER)")
-            if progress:
-                print(notes[-1], file=sys.stderr)
-        real_sizes = _image_sizes(real_paths)
+        real_paths, real_missing = _locate_real(real, None if real_root is None
+                                                else Path(real_root), notes, progress)
     _prepare_out(out, spec, resume=resume, overwrite=overwrite)
 
-    # ---- what is left to do
-    records: dict[int, dict[int, SlotRecord]] | None = (
-        {t.code: {} for t in targets} if filters.active else None)
-    present = _scan(out, targets, place, records)
-    # this run's slots that every try failed: code -> k -> (privacy drops, label drops)
-    unfilled: dict[int, dict[int, tuple[int, int]]] = {t.code: {} for t in targets}
-    mine = (lambda k: k % shard_n == shard_i - 1) if shard_n > 1 else (lambda k: True)
-    skipped = sum(1 for t in targets for k in present[t.code] if mine(k))
-    for t in targets:
-        (out / place.folder(t.folder)).mkdir(exist_ok=True)
-
-    workers = workers or min(4, os.cpu_count() or 1)
-    part_name = f"shard-{shard_i}-of-{shard_n}"
-    paths: dict[str, Path] = {"images": place.root(out)}
-    timings = {"inference_s": 0.0, "latents_s": 0.0, "wait_writers_s": 0.0}
-    generated = 0
-
-    real_text: str | None = None
-
-    def write_outputs(final: bool) -> None:
-        """CSVs (and at the end the manifest) from the files known to be on disk."""
-        nonlocal real_text
-        if shard_n > 1:
-            rows = _synthetic_rows(targets, present, mine, size, place, view)
-            write_nih_csv(rows, out / PARTS / f"{part_name}.csv")
-            paths["part_csv"] = out / PARTS / f"{part_name}.csv"
-        else:
-            rows = _synthetic_rows(targets, present, mine, size, place, view)
-            write_nih_csv(rows, out / DATA_CSV)
-            if real_text is None:
-                real_text = _mixed_real_text(real, real_paths)
-            write_text_atomic(out / MIXED_CSV, real_text + _mixed_synthetic_text(rows))
-            paths["csv"], paths["mixed"] = out / DATA_CSV, out / MIXED_CSV
-        if final:
-            manifest_path = (out / PARTS / f"{part_name}.json") if shard_n > 1 else out / MANIFEST
-            write_json_atomic(manifest_path, manifest(rows_real=0 if real is None else len(
-                real.rows) - real_missing))
-            paths["manifest"] = manifest_path
-
-    def class_stats(t: Target) -> ClassStats:
-        """Tries and drops of a target's slots (kept images' records + empty slots)."""
-        stats = ClassStats()
-        assert records is not None
-        for k, record in records[t.code].items():
-            if mine(k) and k in present[t.code]:
-                stats.add(record)
-        for k, (priv, lab) in unfilled[t.code].items():
-            if mine(k) and k not in present[t.code]:
-                stats.tries += priv + lab
-                stats.privacy += priv
-                stats.label += lab
-                stats.unfilled += 1
-        return stats
-
-    def target_rows() -> list[dict[str, Any]]:
-        rows = []
-        for t in targets:
-            row = {"name": t.name, "code": t.code, "real": t.real, "target": target_per_class,
-                   "generate": t.count, "shard_share": sum(1 for k in range(t.count) if mine(k))
-                   if shard_n > 1 else t.count,
-                   "on_disk": sum(1 for k in present[t.code] if mine(k)),
-                   "folder": place.folder(t.folder),
-                   "first_name": synthetic_name(t.code, 0)}
-            if filters.active:
-                st = class_stats(t)
-                row["filter"] = {"tried": st.tries, "dropped_privacy": st.privacy,
-                                 "dropped_label": st.label, "kept": st.kept,
-                                 "unfilled": st.unfilled, "drop_rate": round(st.drop_rate(), 4)}
-            rows.append(row)
-        return rows
-
-    def manifest(rows_real: int) -> dict[str, Any]:
-        import onnxruntime as ort
-        import PIL
-
-        raw_meta = dict(gen.session.get_modelmeta().custom_metadata_map or {})
-        return {
-            "format": "cxraug-augment-manifest-1",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": {"path": str(model), "sha256": model_sha, "metadata": raw_meta},
-            "seed": int(seed), "shard": f"{shard_i}/{shard_n}", "provider": gen.provider,
-            "label_specialized_sessions": gen.specialized_labels,
-            "full_graph_labels": list(gen.specialize_fallbacks),
-            "device": device, "image_size": size, "layout": layout,
-            "label_mode": gen.label_mode, "view": view,
-            "filters": filters.describe() if filters.active else None,
-            # [width, height] of each part of mixed.csv (real: up to 20 files' headers)
-            "image_sizes": {"synthetic": [[size, size]], "real": real_sizes},
-            "real_source": None if real is None else real.source, "real_rows_in_mixed": rows_real,
-            "notes": notes,
-            "real_missing_under_root": real_missing,
-            "classes": target_rows(),
-            "naming": {"patient_id": f"{SYNTH_PATIENT_BASE} + code * {CODE_STRIDE} + "
-                       f"k // {PER_PATIENT}", "follow_up": f"k % {PER_PATIENT}",
-                       "latent": "Philox(key=(seed << 64) | target key, counter=k << 128) "
-                                 "standard normal float32"},
-            "versions": {"cxraug": __version__, "onnxruntime": ort.__version__,
-                         "numpy": np.__version__, "pillow": PIL.__version__,
-                         "zlib": zlib.ZLIB_RUNTIME_VERSION, "python": sys.version.split()[0]},
-            "options": {"real_csv": None if real_csv is None else str(real_csv),
-                        "data": None if data is None else str(data),
-                        "split_list": None if split_list is None else str(split_list),
-                        "real_root": None if real_root is None else str(real_root),
-                        "target_per_class": target_per_class, "per_class": per_class,
-                        "multi_label": multi_label, "output_size": output_size,
-                        "view": view,
-                        "batch_size": batch_size, "workers": workers, "resume": resume},
-            "timings": {**{k: round(v, 3) for k, v in timings.items()},
-                        "wall_s": round(time.perf_counter() - started, 3),
-                        "generated": generated},
-        }
-
-    # ---- generate: inference on this thread, PNG encoding + writing on the pool. Batches run
-    # across class boundaries, so every batch is full whatever the per-class counts; each class
-    # has its own progress bar and the CSVs are rewritten whenever a class is complete.
-    from ..progress import progress_bar
-
-    work: list[tuple[int, int]] = []  # (target position, k), in CSV order
-    remaining: list[int] = []
-    shares: list[int] = []
-    for i, t in enumerate(targets):
-        todo = [k for k in range(t.count) if mine(k) and k not in present[t.code]]
-        work += [(i, k) for k in todo]
-        remaining.append(len(todo))
-        shares.append(sum(1 for k in range(t.count) if mine(k)) if shard_n > 1 else t.count)
-    if progress:
-        print(f"augment: {len(work):,} images to make ({skipped:,} already on disk) with "
-              f"{gen.provider}, {size}x{size} PNG into {out}"
-              + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else ""), file=sys.stderr)
-    bars: dict[int, Any] = {}
-    initial = [share - left for share, left in zip(shares, remaining, strict=True)]
-
-    def bar_for(i: int) -> Any:
-        """Class i's bar, opened when its first batch is submitted (started from what exists)."""
-        if i not in bars:
-            bars[i] = progress_bar(total=shares[i], initial=initial[i], desc=targets[i].name[:24],
-                           unit="img", disable=not progress, file=sys.stderr, leave=True)
-        return bars[i]
-
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxraug-png")
-    pending: set[Future] = set()
-    owner: dict[Future, int] = {}  # future -> target position
-    submitted: list[tuple[int, list[int], list[Path]]] = []  # every chunk handed to the pool
-
-    def collect(done: Iterable[Future]) -> None:
-        """Record finished writes; a class whose last image landed gets its CSV update."""
-        nonlocal generated
-        for fut in done:
-            i = owner.pop(fut)
-            ks = fut.result()
-            present[targets[i].code].update(ks)
-            generated += len(ks)
-            remaining[i] -= len(ks)
-            bar_for(i).update(len(ks))
-            if remaining[i] == 0:
-                bar_for(i).close()
-                write_outputs(final=False)
-
-    label_of = np.array([t.classes[0] for t in targets], dtype=np.int64)
-    hot_of = np.zeros((len(targets), len(gen.class_names)), dtype=np.float32)
-    for i, t in enumerate(targets):
-        hot_of[i, list(t.classes)] = 1.0
-
-    def label_rows(rows: np.ndarray) -> np.ndarray:
-        """The generator's label input for targets at positions ``rows``."""
-        return hot_of[rows] if gen.label_mode == "multi-hot" else label_of[rows]
-    from ..copy_reference import one_blas_thread
-
-    blas = one_blas_thread()  # writer threads resize by matrix products: one BLAS thread each
-    blas.__enter__()
-    try:
-        for start in range(0, len(work), batch_size):
-            batch = work[start:start + batch_size]
-            rows = np.array([i for i, _ in batch], dtype=np.int64)
-            t0 = time.perf_counter()
-            # contiguous runs of one target: [(target position, first row, end row)]
-            cuts = [0] + [j for j in range(1, len(batch)) if batch[j][0] != batch[j - 1][0]]
-            runs = [(batch[c][0], c, e) for c, e in zip(cuts, cuts[1:] + [len(batch)],
-                                                         strict=True)]
-            slot_records: list[SlotRecord | None] | None = None
-            if filters.active:
-                t1 = t0
-                images, slot_records, drops = _filtered_batch(gen, filters, seed, targets,
-                                                              batch, label_rows)
-                for j, ((i, k), record) in enumerate(zip(batch, slot_records, strict=True)):
-                    if record is None:
-                        unfilled[targets[i].code][k] = drops[j]
-                    else:
-                        records[targets[i].code][k] = record  # type: ignore[index]
-                _check_privacy_failure(targets, unfilled, present, records, filters)
-            else:
-                z = np.concatenate([latents(seed, targets[i].key, [k for _, k in batch[c:e]],
-                                            gen.latent_dim) for i, c, e in runs])
-                t1 = time.perf_counter()
-                images = gen.generate(z, label_rows(rows))
-            t2 = time.perf_counter()
-            timings["latents_s"] += t1 - t0
-            timings["inference_s"] += t2 - t1
-            step = max(1, -(-len(batch) // workers))
-            for i, c, e in runs:
-                t = targets[i]
-                folder = out / place.folder(t.folder)
-                bar_for(i)
-                for s0 in range(c, e, step):
-                    pos = [j for j in range(s0, min(e, s0 + step))
-                           if slot_records is None or slot_records[j] is not None]
-                    if slot_records is not None:  # slots every try failed write nothing
-                        remaining[i] -= (min(e, s0 + step) - s0) - len(pos)
-                        if not pos:
-                            if remaining[i] == 0:
-                                bar_for(i).close()
-                                write_outputs(final=False)
-                            continue
-                    ks = [batch[j][1] for j in pos]
-                    names = [folder / synthetic_name(t.code, k) for k in ks]
-                    texts = (None if slot_records is None
-                             else [slot_records[j].text() for j in pos])  # type: ignore[union-attr]
-                    # noted before submitting, so an interrupt at any point below cannot leave a
-                    # written file that the CSVs never list
-                    submitted.append((i, ks, names))
-                    fut = pool.submit(_write_batch, images[pos], names, ks, size, texts)
-                    pending.add(fut)
-                    owner[fut] = i
-            while len(pending) > 2 * workers:
-                t3 = time.perf_counter()
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                timings["wait_writers_s"] += time.perf_counter() - t3
-                pending -= done
-                collect(done)
-        t3 = time.perf_counter()
-        done, _ = wait(pending)
-        timings["wait_writers_s"] += time.perf_counter() - t3
-        pending.clear()
-        collect(done)
-    except BaseException:
-        # Ctrl-C or a write error: keep what is complete, list exactly that, then re-raise
-        pool.shutdown(wait=True, cancel_futures=True)
-        filters.close()
-        # The interrupt can land anywhere in the bookkeeping (after a submit, between
-        # ``owner.pop`` and ``present.update``), so list what is on disk, not what was recorded:
-        # a final name only ever appears complete (atomic rename).
-        for i, ks, names in submitted:
-            present[targets[i].code].update(
-                k for k, name in zip(ks, names, strict=True) if name.exists())
-        for bar in bars.values():
-            bar.close()
-        blas.__exit__(None, None, None)
-        try:
-            write_outputs(final=False)
-        except Exception as exc:  # say so, but the original error is the one to report
-            print(f"warning: could not rewrite the CSVs of {out} while stopping ({exc}); "
-                  "`--resume` rewrites them from the images on disk", file=sys.stderr)
-        raise
-    for bar in bars.values():
-        bar.close()
-    pool.shutdown(wait=True)
-    blas.__exit__(None, None, None)
+    # ---- what is left to do, then make it
+    job = _Job(
+        out=out, sink=SINKS[layout], gen=gen, model=model, model_sha=model_sha, targets=targets,
+        size=size, view=view, seed=int(seed), device=device, shard=(shard_i, shard_n),
+        filters=filters, real=real, real_paths=real_paths, real_missing=real_missing,
+        real_sizes=[] if real_paths is None else _image_sizes(real_paths), notes=notes,
+        target_per_class=target_per_class, started=started,
+        options={"real_csv": None if real_csv is None else str(real_csv),
+                 "data": None if data is None else str(data),
+                 "split_list": None if split_list is None else str(split_list),
+                 "real_root": None if real_root is None else str(real_root),
+                 "target_per_class": target_per_class, "per_class": per_class,
+                 "multi_label": multi_label, "output_size": output_size, "view": view,
+                 "batch_size": batch_size, "workers": workers or min(4, os.cpu_count() or 1),
+                 "resume": resume})
+    job.scan()
+    skipped = job.stored_count()
+    _generate(job, batch_size, job.options["workers"], progress, skipped)
     filters.close()
-    warnings = _filter_warnings(target_rows(), filters) if filters.active else []
+    warnings = _filter_warnings(job.target_rows(), filters) if filters.active else []
     notes += warnings
     if progress:
         for line in warnings:
@@ -1317,11 +942,360 @@ def augment(
                      + "; ".join(gen.specialize_fallbacks[:3]))
         if progress:
             print(f"note: {notes[-1]}", file=sys.stderr)
-    write_outputs(final=True)
+    job.write_outputs(final=True)
     return AugmentResult(
         out=out, provider=gen.provider, shard=(shard_i, shard_n), image_size=size, layout=layout,
-        targets=target_rows(), generated=generated, skipped=skipped,
-        wall_s=time.perf_counter() - started, paths=dict(paths),
-        real_rows=0 if real is None else len(real.rows) - real_missing,
-        real_missing=real_missing, notes=notes, notes_shown=progress,
+        targets=job.target_rows(), generated=job.generated, skipped=skipped,
+        wall_s=time.perf_counter() - started, paths=dict(job.paths),
+        real_rows=job.rows_real, real_missing=real_missing, notes=notes, notes_shown=progress,
     )
+
+
+def _locate_real(real: RealData, real_root: Path | None, notes: list[str],
+                 progress: bool) -> tuple[list[str], int]:
+    """mixed.csv's path of each real row ("" when not found) and how many were not found."""
+    root = real_root if real_root is not None else real.root
+    if root is not None and (real_root is not None or root.is_dir()):
+        real_paths = _real_paths(real, root)
+    else:
+        real_paths = [""] * len(real.rows)
+    missing = sum(1 for p in real_paths if not p)
+    if real_root is not None and real_paths and missing == len(real_paths):
+        raise CxrError(f"--real-root {real_root}: none of the {len(real_paths):,} real images "
+                       "of the label file is there; give the folder holding them")
+    if missing:
+        where = f"under {root}" if root is not None else "(no folder to look in)"
+        notes.append(f"{missing:,} of {len(real_paths):,} real images not found {where}; "
+                     "mixed.csv leaves them out (give --real-root FOLDER)")
+        if progress:
+            print(notes[-1], file=sys.stderr)
+    return real_paths, missing
+
+
+@dataclass
+class _Job:
+    """One augment run once its options are checked: what to make, what is stored, and the CSVs
+    and manifest written from what is stored (never from what was planned)."""
+
+    out: Path
+    sink: Sink
+    gen: OnnxGenerator
+    model: Path
+    model_sha: str
+    targets: list[Target]
+    size: int
+    view: str
+    seed: int
+    device: str
+    shard: tuple[int, int]
+    filters: Filters
+    real: RealData | None
+    real_paths: list[str] | None
+    real_missing: int
+    real_sizes: list[list[int]]
+    notes: list[str]
+    target_per_class: int | None
+    started: float
+    options: dict[str, Any]
+    present: dict[int, set[int]] = field(default_factory=dict)  # code -> stored ks
+    # filtered jobs: code -> k -> the kept image's record
+    records: dict[int, dict[int, SlotRecord]] | None = None
+    # this run's slots that every try failed: code -> k -> (privacy drops, label drops)
+    unfilled: dict[int, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=lambda: {
+        "inference_s": 0.0, "latents_s": 0.0, "wait_writers_s": 0.0})
+    generated: int = 0
+    paths: dict[str, Path] = field(default_factory=dict)
+    _real_text: str | None = None
+
+    def mine(self, k: int) -> bool:
+        """Whether slot k belongs to this shard."""
+        i, n = self.shard
+        return n == 1 or k % n == i - 1
+
+    def location(self, t: Target) -> str:
+        return self.sink.location(t.folder)
+
+    @property
+    def rows_real(self) -> int:
+        return 0 if self.real is None else len(self.real.rows) - self.real_missing
+
+    def scan(self) -> None:
+        """Find what an earlier run stored, and get the sink ready for the rest."""
+        self.records = ({t.code: {} for t in self.targets} if self.filters.active else None)
+        self.present = _scan(self.out, self.targets, self.sink, self.records)
+        self.unfilled = {t.code: {} for t in self.targets}
+        self.sink.open(self.out, list(dict.fromkeys(self.location(t) for t in self.targets)))
+        self.paths["images"] = self.sink.root(self.out)
+
+    def stored_count(self) -> int:
+        return sum(1 for t in self.targets for k in self.present[t.code] if self.mine(k))
+
+    def share(self, t: Target) -> int:
+        """Images of target t this shard makes."""
+        return sum(1 for k in range(t.count) if self.mine(k)) if self.shard[1] > 1 else t.count
+
+    def write_outputs(self, final: bool) -> None:
+        """CSVs (and at the end the manifest) from the images known to be stored."""
+        from ..data.nih import write_nih_csv
+
+        out, (shard_i, shard_n) = self.out, self.shard
+        rows = _synthetic_rows(self.targets, self.present, self.mine, self.size, self.sink,
+                               self.view)
+        part_name = f"shard-{shard_i}-of-{shard_n}"
+        if shard_n > 1:
+            write_nih_csv(rows, out / PARTS / f"{part_name}.csv")
+            self.paths["part_csv"] = out / PARTS / f"{part_name}.csv"
+        else:
+            write_nih_csv(rows, out / DATA_CSV)
+            if self._real_text is None:
+                self._real_text = _mixed_real_text(self.real, self.real_paths)
+            write_text_atomic(out / MIXED_CSV, self._real_text + _mixed_synthetic_text(rows))
+            self.paths["csv"], self.paths["mixed"] = out / DATA_CSV, out / MIXED_CSV
+        if final:
+            manifest_path = (out / PARTS / f"{part_name}.json") if shard_n > 1 else out / MANIFEST
+            write_json_atomic(manifest_path, self.manifest())
+            self.paths["manifest"] = manifest_path
+
+    def class_stats(self, t: Target) -> ClassStats:
+        """Tries and drops of a target's slots (kept images' records + empty slots)."""
+        stats = ClassStats()
+        assert self.records is not None
+        for k, record in self.records[t.code].items():
+            if self.mine(k) and k in self.present[t.code]:
+                stats.add(record)
+        for k, (priv, lab) in self.unfilled[t.code].items():
+            if self.mine(k) and k not in self.present[t.code]:
+                stats.tries += priv + lab
+                stats.privacy += priv
+                stats.label += lab
+                stats.unfilled += 1
+        return stats
+
+    def target_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for t in self.targets:
+            row = {"name": t.name, "code": t.code, "real": t.real, "target": self.target_per_class,
+                   "generate": t.count, "shard_share": self.share(t),
+                   "on_disk": sum(1 for k in self.present[t.code] if self.mine(k)),
+                   "folder": self.location(t), "first_name": synthetic_name(t.code, 0)}
+            if self.filters.active:
+                st = self.class_stats(t)
+                row["filter"] = {"tried": st.tries, "dropped_privacy": st.privacy,
+                                 "dropped_label": st.label, "kept": st.kept,
+                                 "unfilled": st.unfilled, "drop_rate": round(st.drop_rate(), 4)}
+            rows.append(row)
+        return rows
+
+    def manifest(self) -> dict[str, Any]:
+        import onnxruntime as ort
+        import PIL
+
+        gen = self.gen
+        raw_meta = dict(gen.session.get_modelmeta().custom_metadata_map or {})
+        return {
+            "format": "cxraug-augment-manifest-1",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": {"path": str(self.model), "sha256": self.model_sha, "metadata": raw_meta},
+            "seed": self.seed, "shard": f"{self.shard[0]}/{self.shard[1]}",
+            "provider": gen.provider, "label_specialized_sessions": gen.specialized_labels,
+            "full_graph_labels": list(gen.specialize_fallbacks),
+            "device": self.device, "image_size": self.size, "layout": self.sink.name,
+            "label_mode": gen.label_mode, "view": self.view,
+            "filters": self.filters.describe() if self.filters.active else None,
+            # [width, height] of each part of mixed.csv (real: up to 20 files' headers)
+            "image_sizes": {"synthetic": [[self.size, self.size]], "real": self.real_sizes},
+            "real_source": None if self.real is None else self.real.source,
+            "real_rows_in_mixed": self.rows_real,
+            "notes": self.notes,
+            "real_missing_under_root": self.real_missing,
+            "classes": self.target_rows(),
+            "naming": {"patient_id": f"{SYNTH_PATIENT_BASE} + code * {CODE_STRIDE} + "
+                       f"k // {PER_PATIENT}", "follow_up": f"k % {PER_PATIENT}",
+                       "latent": "Philox(key=(seed << 64) | target key, counter=k << 128) "
+                                 "standard normal float32"},
+            "versions": {"cxraug": __version__, "onnxruntime": ort.__version__,
+                         "numpy": np.__version__, "pillow": PIL.__version__,
+                         "zlib": zlib.ZLIB_RUNTIME_VERSION, "python": sys.version.split()[0]},
+            "options": self.options,
+            "timings": {**{k: round(v, 3) for k, v in self.timings.items()},
+                        "wall_s": round(time.perf_counter() - self.started, 3),
+                        "generated": self.generated},
+        }
+
+
+class _Writers:
+    """The PNG writer threads of one run and its per-class progress bars: chunks go to the pool
+    as inference makes them; a class whose last image is stored gets its CSV update."""
+
+    def __init__(self, job: _Job, todo: list[int], workers: int, progress: bool) -> None:
+        from ..progress import progress_bar
+
+        self.job, self.workers, self.progress = job, workers, progress
+        self.remaining = list(todo)
+        self.shares = [job.share(t) for t in job.targets]
+        self.initial = [s - left for s, left in zip(self.shares, todo, strict=True)]
+        self.bars: dict[int, Any] = {}
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxraug-png")
+        self.pending: set[Future] = set()
+        self.owner: dict[Future, int] = {}  # future -> target position
+        self.submitted: list[tuple[int, list[int], list[str]]] = []  # every chunk handed over
+        self._bar = progress_bar
+
+    def bar(self, i: int) -> Any:
+        """Class i's bar, opened when its first batch is submitted (started from what exists)."""
+        if i not in self.bars:
+            self.bars[i] = self._bar(total=self.shares[i], initial=self.initial[i],
+                                     desc=self.job.targets[i].name[:24], unit="img",
+                                     disable=not self.progress, file=sys.stderr, leave=True)
+        return self.bars[i]
+
+    def skip(self, i: int, n: int) -> None:
+        """n slots of class i that every try failed: they write nothing."""
+        self.remaining[i] -= n
+        if self.remaining[i] == 0 and n:
+            self._class_done(i)
+
+    def submit(self, i: int, images: np.ndarray, ks: list[int], texts: list[str | None] | None,
+               ) -> None:
+        job = self.job
+        t = job.targets[i]
+        names = [synthetic_name(t.code, k) for k in ks]
+        # noted before submitting, so an interrupt at any point below cannot leave a stored
+        # image that the CSVs never list
+        self.submitted.append((i, ks, names))
+        fut = self.pool.submit(_write_batch, job.sink, job.out, job.location(t), images, names,
+                               ks, job.size, texts)
+        self.pending.add(fut)
+        self.owner[fut] = i
+
+    def wait(self, most: int) -> None:
+        """Block until at most ``most`` chunks are in flight."""
+        while len(self.pending) > most:
+            t0 = time.perf_counter()
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED if most else ALL_COMPLETED)
+            self.job.timings["wait_writers_s"] += time.perf_counter() - t0
+            self.pending -= done
+            self._collect(done)
+
+    def _collect(self, done: Iterable[Future]) -> None:
+        job = self.job
+        for fut in done:
+            i = self.owner.pop(fut)
+            ks = fut.result()
+            job.present[job.targets[i].code].update(ks)
+            job.generated += len(ks)
+            self.remaining[i] -= len(ks)
+            self.bar(i).update(len(ks))
+            if self.remaining[i] == 0:
+                self._class_done(i)
+
+    def _class_done(self, i: int) -> None:
+        self.bar(i).close()
+        self.job.write_outputs(final=False)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """After Ctrl-C or a write error: finish or cancel what is in flight, then record what
+        is stored. The interrupt can land anywhere in the bookkeeping (after a submit, between
+        ``owner.pop`` and ``present.update``), so this asks the sink, not the records: a final
+        name only ever appears complete."""
+        job = self.job
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for i, ks, names in self.submitted:
+            t = job.targets[i]
+            job.present[t.code].update(k for k, name in zip(ks, names, strict=True)
+                                       if job.sink.exists(job.out, job.location(t), name))
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _generate(job: _Job, batch_size: int, workers: int, progress: bool, skipped: int) -> None:
+    """Inference on this thread, PNG encoding and storing on the writer threads. Batches run
+    across class boundaries, so every batch is full whatever the per-class counts."""
+    from ..copy_reference import one_blas_thread
+
+    gen, targets, filters = job.gen, job.targets, job.filters
+    work: list[tuple[int, int]] = []  # (target position, k), in CSV order
+    todo: list[int] = []
+    for i, t in enumerate(targets):
+        ks = [k for k in range(t.count) if job.mine(k) and k not in job.present[t.code]]
+        work += [(i, k) for k in ks]
+        todo.append(len(ks))
+    if progress:
+        shard_i, shard_n = job.shard
+        print(f"augment: {len(work):,} images to make ({skipped:,} already on disk) with "
+              f"{gen.provider}, {job.size}x{job.size} PNG into {job.out}"
+              + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else ""), file=sys.stderr)
+    label_of = np.array([t.classes[0] for t in targets], dtype=np.int64)
+    hot_of = np.zeros((len(targets), len(gen.class_names)), dtype=np.float32)
+    for i, t in enumerate(targets):
+        hot_of[i, list(t.classes)] = 1.0
+
+    def label_rows(rows: np.ndarray) -> np.ndarray:
+        """The generator's label input for targets at positions ``rows``."""
+        return hot_of[rows] if gen.label_mode == "multi-hot" else label_of[rows]
+
+    writers = _Writers(job, todo, workers, progress)
+    blas = one_blas_thread()  # writer threads resize by matrix products: one BLAS thread each
+    blas.__enter__()
+    try:
+        for start in range(0, len(work), batch_size):
+            batch = work[start:start + batch_size]
+            t0 = time.perf_counter()
+            # contiguous runs of one target: [(target position, first row, end row)]
+            cuts = [0] + [j for j in range(1, len(batch)) if batch[j][0] != batch[j - 1][0]]
+            runs = [(batch[c][0], c, e) for c, e in zip(cuts, cuts[1:] + [len(batch)],
+                                                         strict=True)]
+            slot_records: list[SlotRecord | None] | None = None
+            if filters.active:
+                t1 = t0
+                images, slot_records, drops = _filtered_batch(gen, filters, job.seed, targets,
+                                                              batch, label_rows)
+                assert job.records is not None
+                for j, ((i, k), record) in enumerate(zip(batch, slot_records, strict=True)):
+                    if record is None:
+                        job.unfilled[targets[i].code][k] = drops[j]
+                    else:
+                        job.records[targets[i].code][k] = record
+                _check_privacy_failure(targets, job.unfilled, job.present, job.records, filters)
+            else:
+                z = np.concatenate([latents(job.seed, targets[i].key,
+                                            [k for _, k in batch[c:e]], gen.latent_dim)
+                                    for i, c, e in runs])
+                t1 = time.perf_counter()
+                images = gen.generate(z, label_rows(np.array([i for i, _ in batch], np.int64)))
+            t2 = time.perf_counter()
+            job.timings["latents_s"] += t1 - t0
+            job.timings["inference_s"] += t2 - t1
+            step = max(1, -(-len(batch) // workers))
+            for i, c, e in runs:
+                writers.bar(i)
+                for s0 in range(c, e, step):
+                    s1 = min(e, s0 + step)
+                    pos = [j for j in range(s0, s1)
+                           if slot_records is None or slot_records[j] is not None]
+                    writers.skip(i, (s1 - s0) - len(pos))  # slots every try failed
+                    if pos:
+                        texts = (None if slot_records is None else
+                                 [slot_records[j].text() for j in pos])  # type: ignore[union-attr]
+                        writers.submit(i, images[pos], [batch[j][1] for j in pos], texts)
+            writers.wait(2 * workers)
+        writers.wait(0)
+    except BaseException:
+        # Ctrl-C or a write error: keep what is complete, list exactly that, then re-raise
+        writers.abandon()
+        filters.close()
+        blas.__exit__(None, None, None)
+        try:
+            job.write_outputs(final=False)
+        except Exception as exc:  # say so, but the original error is the one to report
+            print(f"warning: could not rewrite the CSVs of {job.out} while stopping ({exc}); "
+                  "`--resume` rewrites them from the images on disk", file=sys.stderr)
+        raise
+    writers.close()
+    blas.__exit__(None, None, None)

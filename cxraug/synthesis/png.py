@@ -1,0 +1,82 @@
+"""The PNG files augment writes: a fast 8-bit grayscale encoder, the filters' ``tEXt`` record
+and a cheap completeness check (what resume trusts).
+
+Phantom data sets (:mod:`cxraug.data.phantom`) keep Pillow's encoder on purpose: they stand in
+for real NIH files written by a standard encoder, which ``prepare`` must decode.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .filters import TEXT_KEY, SlotRecord
+
+PNG_FILTER = 2  # "Up": cheap and about as small as Pillow's adaptive choice on GAN images
+PNG_LEVEL = 1  # zlib level: 1 encodes ~2x faster than 6 for a few percent more bytes
+# zlib's run-length strategy: after the Up filter a GAN image is mostly small residuals and runs of
+# zeros; RLE encodes them ~1.5x faster than the default strategy for ~2% more bytes
+PNG_STRATEGY = zlib.Z_RLE
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(gray: np.ndarray, level: int = PNG_LEVEL, text: str | None = None) -> bytes:
+    """8-bit grayscale PNG bytes; ~3x faster than Pillow's encoder and independent of its version.
+
+    Every row uses filter "Up" (difference to the row above); zlib releases the GIL, so writer
+    threads encode in parallel with onnxruntime. ``text``: a ``tEXt`` chunk ``cxraug-filter``
+    right after the header (the filters' record of the image, :func:`png_record` reads it).
+    """
+    gray = np.ascontiguousarray(gray, dtype=np.uint8)
+    h, w = gray.shape
+    raw = np.empty((h, w + 1), dtype=np.uint8)
+    raw[:, 0] = PNG_FILTER
+    raw[0, 1:] = gray[0]
+    np.subtract(gray[1:], gray[:-1], out=raw[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    packer = zlib.compressobj(level, zlib.DEFLATED, 15, 8, PNG_STRATEGY)
+    idat = packer.compress(raw.tobytes()) + packer.flush()
+    extra = b"" if text is None else _png_chunk(
+        b"tEXt", TEXT_KEY.encode("latin-1") + b"\0" + text.encode("latin-1"))
+    return (PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + extra + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
+
+
+def png_record(path: Path) -> SlotRecord | None:
+    """The filters' record in a PNG written by :func:`encode_png` (None without one)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(33 + 8 + 96)
+    except OSError:
+        return None
+    if head[:8] != PNG_SIGNATURE or head[37:41] != b"tEXt":
+        return None
+    length = struct.unpack(">I", head[33:37])[0]
+    body = head[41:41 + length]
+    key, _, value = body.partition(b"\0")
+    if key != TEXT_KEY.encode("latin-1"):
+        return None
+    return SlotRecord.parse(value.decode("latin-1"))
+
+
+def png_ok(path: Path) -> bool:
+    """Cheap completeness check: PNG signature at the start and the IEND chunk at the end."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() < 8 + 25 + 12:
+                return False
+            handle.seek(-12, os.SEEK_END)
+            return head == PNG_SIGNATURE and handle.read(12) == PNG_END
+    except OSError:
+        return False
