@@ -176,8 +176,9 @@ def train(
         list[str] | None, typer.Option("--set", metavar="<section.key=value>",
                                        help="Override any field (repeatable).")
     ] = None,
+    devices: Annotated[int | None, typer.Option(help="Use the first N accelerators (default: all); the batch is split across them.")] = None,
 ) -> None:
-    """Train a conditional GAN from a recipe."""
+    """Train a conditional GAN from a recipe (KERAS_BACKEND=jax trains with JAX; default TensorFlow)."""
     from .recipe import load_recipe
 
     if resume and out is not None and (out / "run.json").is_file():
@@ -201,10 +202,13 @@ def train(
     resolved = load_recipe(recipe, overrides=overrides)
     if not data.is_file():  # before TensorFlow loads (seconds)
         raise CxrError(f"cache {data} not found; {HINTS['--data']}")
-    import_tensorflow()
+    if devices is not None and devices < 1:
+        raise CxrError(f"--devices {devices}: give a positive number")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import_tensorflow()
     from .training.loop import train as run_train
 
-    result = run_train(resolved, data=data, out=out, resume=resume)
+    result = run_train(resolved, data=data, out=out, resume=resume, devices=devices)
     typer.echo(result.summary())
 
 

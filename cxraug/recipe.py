@@ -20,15 +20,17 @@ import tomllib
 
 from .architectures import ARCHITECTURES, architecture
 from .contract import RECIPE_LABEL_MODES
+from .diffaugment import POLICIES
 from .errors import CxrError
+from .losses import LOSSES as GAN_LOSSES
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 #: Network families (registered in :mod:`cxraug.architectures`) and recipe label modes.
 ARCHS = tuple(ARCHITECTURES)
 LABEL_MODES = RECIPE_LABEL_MODES
-LOSSES = ("bce", "hinge")
-DIFFAUG_POLICIES = ("translation", "cutout", "brightness", "contrast")
+LOSSES = tuple(GAN_LOSSES)  # registered in cxraug/losses.py
+DIFFAUG_POLICIES = tuple(POLICIES)  # registered in cxraug/diffaugment.py
 FAKE_LABELS = ("uniform", "data")
 UPSAMPLE = ("nearest", "bilinear")
 #: Images per group of the discriminator's minibatch standard deviation (ProGAN, StyleGAN: 4).

@@ -126,11 +126,11 @@ def test_one_step_moves_every_weight_of_both_networks(arch: str, half: bool, los
                                                       aux: float) -> None:
     import tensorflow as tf
 
-    from cxraug.training.loop import GANTrainer
+    from cxraug.training.step_tf import TFTrainer
 
     recipe = _tiny(arch, d_half_batches=half, loss=loss, diffaugment="translation,cutout" if
                    arch == "cxraug" else "", aux_class_weight=aux)
-    trainer = GANTrainer(recipe, num_classes=7)
+    trainer = TFTrainer(recipe, num_classes=7)
     heads = [v.path for v in trainer.discriminator.trainable_variables if "class_logits" in v.path]
     assert len(heads) == (2 if aux else 0)  # the auxiliary class head exists only when asked
     g0 = [v.numpy().copy() for v in trainer.generator.trainable_variables]
@@ -157,23 +157,20 @@ def test_auxiliary_class_loss_is_weighted_cross_entropy() -> None:
     and exactly zero without the head."""
     import tensorflow as tf
 
-    from cxraug.training.loop import GANTrainer
+    from cxraug.losses import class_loss
 
     logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], np.float32)
-    trainer = GANTrainer.__new__(GANTrainer)  # only the loss helper, no networks
-    trainer.aux_weight, trainer.label_mode = 0.5, "index"
-    got = trainer._class_loss(tf.constant(logits), tf.constant([0, 1])).numpy()
+    got = class_loss(tf.constant(logits), tf.constant([0, 1]), "index", 0.5).numpy()
     assert got.shape == (2, 1)  # per example, like the GAN loss of logits [N, 1]: no broadcasting
     got = got[:, 0]
     log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(got, 0.5 * -log_softmax[[0, 1], [0, 1]], rtol=1e-6)
-    trainer.label_mode = "multi-hot"
     hot = np.array([[1, 0, 1], [0, 0, 0]], np.float32)
-    got = trainer._class_loss(tf.constant(logits), tf.constant(hot)).numpy()[:, 0]
+    got = class_loss(tf.constant(logits), tf.constant(hot), "multi-hot", 0.5).numpy()[:, 0]
     p = 1 / (1 + np.exp(-logits))
     bce = -(hot * np.log(p) + (1 - hot) * np.log(1 - p))
     np.testing.assert_allclose(got, 0.5 * bce.sum(axis=1), rtol=1e-5)
-    assert np.all(trainer._class_loss(None, tf.constant([0, 1])).numpy() == 0)
+    assert np.all(class_loss(None, tf.constant([0, 1]), "index", 0.5).numpy() == 0)
 
 
 def test_auxiliary_class_loss_needs_the_cxraug_discriminator() -> None:
@@ -188,9 +185,9 @@ def test_auxiliary_class_loss_needs_the_cxraug_discriminator() -> None:
 def test_mixed_precision_and_xla_build_and_step_on_cpu(option: str) -> None:
     import tensorflow as tf
 
-    from cxraug.training.loop import GANTrainer
+    from cxraug.training.step_tf import TFTrainer
 
-    trainer = GANTrainer(_tiny("cxraug", **{option: True}), num_classes=7)
+    trainer = TFTrainer(_tiny("cxraug", **{option: True}), num_classes=7)
     real = tf.random.uniform([8, 32, 32, 1], -1, 1, seed=1)
     out = trainer.train_step(real, tf.constant(np.arange(8) % 7, tf.int32))
     assert all(np.isfinite(float(v)) for v in out.values())
@@ -205,7 +202,7 @@ def test_mixed_precision_and_xla_build_and_step_on_cpu(option: str) -> None:
 def test_diff_augment_is_differentiable_and_keeps_shape() -> None:
     import tensorflow as tf
 
-    from cxraug.training.loop import diff_augment
+    from cxraug.diffaugment import diff_augment
 
     rng = tf.random.Generator.from_seed(0)
     x = tf.Variable(tf.random.uniform([4, 16, 16, 1], -1, 1, seed=2))
@@ -378,11 +375,12 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(
 ) -> None:
     from cxraug.training import loop
     from cxraug.training.run import read_checkpoint_index
+    from cxraug.training.step_tf import TFTrainer
 
-    original = loop.GANTrainer.train_step
+    original = TFTrainer.train_step
     calls = {"n": 0}
 
-    def poisoned(self: loop.GANTrainer, real: object, labels: object) -> object:
+    def poisoned(self: TFTrainer, real: object, labels: object) -> object:
         calls["n"] += 1
         if calls["n"] == 5:  # second step of epoch 2: break D's weights
             var = self.discriminator.trainable_variables[0]
@@ -392,7 +390,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(
     out = tmp_path / "nan"
     recipe = load_recipe("smoke-32", overrides={"train.epochs": 3, "train.checkpoint_every": 1,
                                                 "train.steps_per_epoch": 3})
-    monkeypatch.setattr(loop.GANTrainer, "train_step", poisoned)
+    monkeypatch.setattr(TFTrainer, "train_step", poisoned)
     with pytest.raises(CxrError, match=r"diverged at epoch 2, step 5.*last good checkpoint ckpt-3"):
         loop.train(recipe, data=phantom_cache, out=out, progress=False)
     info = json.loads((out / "run.json").read_text())
@@ -539,16 +537,20 @@ def test_ema_generator_statistics_belong_to_its_weights(smoke_run: Path) -> None
 def test_ada_moves_p_toward_the_overfitting_target() -> None:
     import tensorflow as tf
 
-    from cxraug.training.loop import ADA_INTERVAL, GANTrainer
+    from cxraug.training.step_tf import TFTrainer
+    from cxraug.training.trainer import ADA_INTERVAL
 
-    trainer = GANTrainer(_tiny("cxraug", diffaugment="translation", ada_target=0.6,
+    trainer = TFTrainer(_tiny("cxraug", diffaugment="translation", ada_target=0.6,
                                ada_kimg=1.0), num_classes=7)
     rate = 8 * ADA_INTERVAL / 1000.0  # batch 8, p from 0 to 1 in 1 kimg
     assert float(trainer.aug_p.numpy()) == 0.0
 
     def steps(r_t: float, n: int) -> None:
         for _ in range(n):
-            trainer._update_ada(tf.constant(r_t))
+            p, acc = trainer.ada_update(trainer.aug_p, trainer.ada_acc, tf.constant(r_t),
+                                        trainer.step)
+            trainer.aug_p.assign(p)
+            trainer.ada_acc.assign(acc)
             trainer.step.assign_add(1)
 
     steps(1.0, 2 * ADA_INTERVAL)  # D sure of every real: overfitting, raise p twice
@@ -562,7 +564,7 @@ def test_ada_moves_p_toward_the_overfitting_target() -> None:
 def test_diff_augment_with_probability_zero_is_the_identity() -> None:
     import tensorflow as tf
 
-    from cxraug.training.loop import diff_augment
+    from cxraug.diffaugment import diff_augment
 
     rng = tf.random.Generator.from_seed(0)
     x = tf.random.uniform([6, 16, 16, 1], -1, 1, seed=3)

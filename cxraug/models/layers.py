@@ -16,19 +16,31 @@
 * :class:`Upsample2x` - x2 upsampling (nearest-neighbour, or bilinear), the single place where
   the project upsamples, so the ONNX export can pick the op that runs fastest in onnxruntime.
 
+Backends: every layer builds and trains under ``KERAS_BACKEND=tensorflow`` and ``jax``. The two
+TensorFlow-specific pieces (the fast kernel gradient and the explicit nearest-upsampling gradient,
+both fixes for TensorFlow) are used only under TensorFlow; elsewhere the layers use ``keras.ops``,
+whose gradients JAX/XLA computes well.
+
 All layers are registered with ``keras.saving.register_keras_serializable(package="cxraug")``, so
 ``keras.models.load_model`` restores them without ``custom_objects``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 PACKAGE = "cxraug"
+
+
+def on_tensorflow() -> bool:
+    """Whether Keras runs on TensorFlow (the TensorFlow-only fixes below apply)."""
+    return keras.backend.backend() == "tensorflow"
 
 #: ``model.upsample`` -> method: "resize" (nearest neighbour, one ONNX ``Resize``) or "bilinear".
 UPSAMPLE_METHODS = ("resize", "bilinear")
@@ -50,6 +62,8 @@ def conv2d_filter_grad_fft(x: tf.Tensor, dy: tf.Tensor, kernel_hw: tuple[int, in
     window we keep, so the result is exact up to float rounding. Computed in float32 whatever
     the compute dtype (float16 FFTs are not supported and would lose precision).
     """
+    import tensorflow as tf
+
     kh, kw = kernel_hw
     (pt, pb), (pl, pr) = pads
     x32 = tf.cast(x, tf.float32)
@@ -73,6 +87,8 @@ def conv2d_input_grad(dy: tf.Tensor, kernel: tf.Tensor,
     TensorFlow's CPU ``Conv2DBackpropInput`` builds a 2 GiB im2col buffer for the paper's 16x16
     case and takes ~25x longer than this ordinary forward convolution.
     """
+    import tensorflow as tf
+
     kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
     (pt, pb), (pl, pr) = pads
     flipped = tf.transpose(kernel[::-1, ::-1], [0, 1, 3, 2])
@@ -88,6 +104,8 @@ def fast_grad_conv2d(x: tf.Tensor, kernel: tf.Tensor, padding: str = "SAME") -> 
     kernel gradient an FFT cross-correlation (:func:`conv2d_filter_grad_fft`, the fastest of
     the ways measured on CPU).
     """
+    import tensorflow as tf
+
     padding = padding.upper()
     kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
     if padding == "SAME":
@@ -132,7 +150,7 @@ class FastGradConv2D(keras.layers.Conv2D):
                 and self.padding in ("same", "valid"))
 
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
-        if not self.uses_fast_path:
+        if not self.uses_fast_path or not on_tensorflow():
             return super().convolution_op(inputs, kernel)
         return fast_grad_conv2d(inputs, kernel, padding=self.padding)
 
@@ -379,6 +397,8 @@ def _nearest_up2(x: tf.Tensor) -> tf.Tensor:
     XLA-compatible (XLA has no ``ResizeNearestNeighborGrad``) and cheap; the forward op is
     unchanged, so the exported graph still holds one ``Resize``.
     """
+    import tensorflow as tf
+
 
     @tf.custom_gradient
     def up(t: tf.Tensor) -> Any:
@@ -424,10 +444,16 @@ class Upsample2x(keras.layers.Layer):
         if self.method == "bilinear":
             if h is None or w is None:
                 raise ValueError("Upsample2x(method='bilinear') needs static spatial dimensions")
-            return tf.image.resize(x, [2 * h, 2 * w], method="bilinear")
+            if on_tensorflow():
+                import tensorflow as tf
+
+                return tf.image.resize(x, [2 * h, 2 * w], method="bilinear")
+            return ops.image.resize(x, (2 * h, 2 * w), interpolation="bilinear")
         if self.method == "resize" and (h is None or w is None):
             raise ValueError("Upsample2x(method='resize') needs static spatial dimensions")
-        return _nearest_up2(x)
+        if on_tensorflow():
+            return _nearest_up2(x)
+        return ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         n, h, w, c = input_shape

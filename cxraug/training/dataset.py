@@ -1,4 +1,5 @@
-"""tf.data input pipeline streamed from the HDF5 cache.
+"""The training input pipeline streamed from the HDF5 cache: ``tf.data`` for the TensorFlow step,
+a prefetching numpy iterator for the JAX step (same batches, same order).
 
 Why streamed: the paper's code held the whole data set in RAM (3.2 GiB as float32 for 52,703
 images at 128x128). Here only the *index plan* of an epoch lives in memory (a few bytes per image);
@@ -11,12 +12,17 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from queue import Queue
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 from ..errors import CxrError
 
@@ -138,6 +144,8 @@ class CacheDataset:
 
     # ---------------------------------------------------------------------------- tf.data
     def element_spec(self) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+        import tensorflow as tf
+
         b, s = self.batch_size, self.size
         if self.label_mode == "index":
             label_spec = tf.TensorSpec([b], tf.int32)
@@ -147,6 +155,8 @@ class CacheDataset:
 
     def dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
         """Batches of float32 images ``[B, H, W, 1]`` in [-1, 1] and labels, prefetched."""
+        import tensorflow as tf
+
         ds = tf.data.Dataset.from_generator(
             lambda: self.batches(epoch, start_step), output_signature=self.element_spec()
         )
@@ -154,6 +164,46 @@ class CacheDataset:
         return ds.prefetch(self.prefetch)
 
 
-def _to_model_input(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def numpy_batches(self, epoch: int, start_step: int = 0,
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """What :meth:`dataset` yields, as numpy arrays read ahead by one thread (no TensorFlow:
+        the JAX step's input)."""
+        queue: Queue[Any] = Queue(maxsize=max(1, int(self.prefetch)))
+        stop = threading.Event()
+        done = object()
+
+        def reader() -> None:
+            try:
+                for images, labels in self.batches(epoch, start_step):
+                    if stop.is_set():
+                        return
+                    x = (images.astype(np.float32) - 127.5) / 127.5
+                    queue.put((x[..., None], labels))
+            except BaseException as exc:  # handed to the consumer
+                queue.put(exc)
+                return
+            queue.put(done)
+
+        thread = threading.Thread(target=reader, daemon=True, name="cxraug-batches")
+        thread.start()
+        try:
+            while True:
+                item = queue.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a reader waiting on a full queue
+                while not queue.empty():
+                    queue.get_nowait()
+                thread.join(timeout=0.05)
+
+
+def _to_model_input(images: Any, labels: Any) -> tuple[Any, Any]:
+    import tensorflow as tf
+
     x = (tf.cast(images, tf.float32) - 127.5) / 127.5
     return x[..., None], labels

@@ -1,23 +1,11 @@
-"""The GAN training loop: a readable GradientTape step, run folders, checkpoints and resume.
+"""The run driver of ``cxraug train``: run folders, budgets, checkpoints, resume, metrics.
 
-One step, per replica (the same code runs under the default strategy on CPU and under
-``tf.distribute.MirroredStrategy`` across GPUs):
-
-1. **D update.** Normally one Adam step on a batch of reals and an equally large batch of fakes.
-   With ``train.d_half_batches`` (the paper) two Adam steps instead: one on half a batch of reals,
-   then one on half a batch of fakes, exactly like its two ``train_on_batch`` calls.
-2. **G update.** One Adam step on a full batch of fresh latent/label pairs, D fixed.
-3. **EMA** of the generator's weights (``train.ema_decay`` > 0), batch-norm statistics copied.
-
-Fake labels (``train.fake_labels``): ``uniform`` draws every class equally often (the paper);
-``data`` reuses the real batch's labels in shuffled order, so real and fake label frequencies match
-(multi-hot models always do this: there is no "uniform" over label combinations).
-
-All noise (latent vectors, fake labels, DiffAugment parameters) comes from one
-``tf.random.Generator`` whose state is checkpointed with the weights, the optimizers, the step and
-the epoch's running metrics, and the input order is a pure function of (seed, epoch) (see
-``dataset.py``). A run stopped at any step and resumed therefore continues exactly as if it had
-never stopped.
+It is the same for both backends; the step and the state are the trainer's (:mod:`.trainer`;
+:mod:`.step_tf` on TensorFlow, the default, :mod:`.step_jax` with ``KERAS_BACKEND=jax``). The input
+order is a pure function of (seed, epoch) (see ``dataset.py``) and all noise is in the
+checkpointed state, so a run stopped at any step and resumed continues exactly as if it had never
+stopped. Numbers are read back from the device every :data:`FETCH_EVERY` steps and at every
+epoch end (the step itself checks them for non-finite values), not after every step.
 """
 
 from __future__ import annotations
@@ -30,7 +18,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,10 +27,9 @@ from typing import Any
 import h5py
 import keras
 import numpy as np
-import tensorflow as tf
 
 from .. import __version__
-from ..contract import IMAGE, LABEL, LABELS, Z, inputs_for, label_input, label_mode_of
+from ..contract import LABELS
 from ..errors import CxrError
 from ..io_utils import write_text_atomic
 from ..progress import progress_bar
@@ -59,7 +46,9 @@ from .run import (
     write_run_json,
 )
 from .sampling import draw_grid, generate_grid, grid_latents, save_png
+from .tensorboard import event_writer
 from .tracking import REALISM_COLUMNS, RealismTracker
+from .trainer import ADA_INTERVAL, STANDING_BATCHES, TrainerBase, backend, make_trainer
 
 METRIC_COLUMNS = ("epoch", "step", "kimg", "d_acc_fake", "d_acc_real", "d_loss", "g_loss",
                   "r_t", "aug_p", "wall_s", "img_per_s", *REALISM_COLUMNS)
@@ -67,10 +56,10 @@ METRIC_COLUMNS = ("epoch", "step", "kimg", "d_acc_fake", "d_acc_real", "d_loss",
 RESUMABLE_CHANGES = ("train.epochs", "train.kimg", "train.minutes", "train.checkpoint_every",
                      "train.sample_every", "train.keep_checkpoints", "train.eval_every",
                      "train.eval_images")
-#: ADA adjusts its augmentation probability every this many steps (StyleGAN2-ADA: 4).
-ADA_INTERVAL = 4
-#: Batches of latents over which the EMA generator's batch-norm statistics are recomputed.
-STANDING_BATCHES = 16
+#: Steps between reads of the losses (progress bar) and of the device's finiteness check.
+FETCH_EVERY = 10
+
+__all__ = ["ADA_INTERVAL", "FETCH_EVERY", "STANDING_BATCHES", "TrainResult", "train"]
 
 
 def _now() -> str:
@@ -78,371 +67,6 @@ def _now() -> str:
 
 
 # ------------------------------------------------------------------------------- DiffAugment
-def _translation(x: tf.Tensor, rng: tf.random.Generator, ratio: float = 0.125) -> tf.Tensor:
-    """Shift each image by up to ``ratio`` of its side, filling with zeros (mid-gray)."""
-    b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
-    sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    dy = rng.uniform([b, 1], -sy, sy + 1, dtype=tf.int32)
-    dx = rng.uniform([b, 1], -sx, sx + 1, dtype=tf.int32)
-    rows = tf.range(h)[None, :] + dy
-    cols = tf.range(w)[None, :] + dx
-    x = tf.gather(x, tf.clip_by_value(rows, 0, h - 1), axis=1, batch_dims=1)
-    x = tf.gather(x, tf.clip_by_value(cols, 0, w - 1), axis=2, batch_dims=1)
-    inside = (tf.cast((rows >= 0) & (rows < h), x.dtype)[:, :, None, None]
-              * tf.cast((cols >= 0) & (cols < w), x.dtype)[:, None, :, None])
-    return x * inside
-
-
-def _cutout(x: tf.Tensor, rng: tf.random.Generator, ratio: float = 0.5) -> tf.Tensor:
-    """Zero a square of ``ratio`` of the side at a random place in each image."""
-    b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
-    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    oy = rng.uniform([b, 1], 0, h + (1 - ch % 2), dtype=tf.int32) - ch // 2
-    ox = rng.uniform([b, 1], 0, w + (1 - cw % 2), dtype=tf.int32) - cw // 2
-    ys = tf.range(h)[None, :] - oy
-    xs = tf.range(w)[None, :] - ox
-    in_y = tf.cast((ys >= 0) & (ys < ch), x.dtype)[:, :, None, None]
-    in_x = tf.cast((xs >= 0) & (xs < cw), x.dtype)[:, None, :, None]
-    return x * (1.0 - in_y * in_x)
-
-
-def _brightness(x: tf.Tensor, rng: tf.random.Generator) -> tf.Tensor:
-    return x + (rng.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype) - 0.5)
-
-
-def _contrast(x: tf.Tensor, rng: tf.random.Generator) -> tf.Tensor:
-    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    return (x - mean) * (rng.uniform([tf.shape(x)[0], 1, 1, 1], dtype=x.dtype) + 0.5) + mean
-
-
-AUGMENTS: dict[str, Callable[[tf.Tensor, tf.random.Generator], tf.Tensor]] = {
-    "translation": _translation, "cutout": _cutout, "brightness": _brightness,
-    "contrast": _contrast,
-}
-
-
-def diff_augment(x: tf.Tensor, policies: list[str], rng: tf.random.Generator,
-                 p: tf.Tensor | None = None) -> tf.Tensor:
-    """DiffAugment (Zhao et al. 2020): differentiable, so G learns through it.
-
-    Reals and fakes go through the same policy with independently drawn parameters per image, so
-    D cannot tell reals by how they were augmented. The order is fixed (colour first, then
-    geometry) whatever order the recipe lists. With ``p`` (ADA), each policy is applied to each
-    image with probability ``p``; without it, always.
-    """
-    for name in ("brightness", "contrast", "translation", "cutout"):
-        if name in policies:
-            augmented = AUGMENTS[name](x, rng)
-            if p is not None:
-                chosen = rng.uniform([tf.shape(x)[0], 1, 1, 1]) < tf.cast(p, tf.float32)
-                augmented = tf.where(chosen, augmented, x)
-            x = augmented
-    return x
-
-
-# ------------------------------------------------------------------------------------ losses
-def d_loss_real(logits: tf.Tensor, loss: str) -> tf.Tensor:
-    """Per-example D loss on reals (target "real")."""
-    return tf.nn.relu(1.0 - logits) if loss == "hinge" else tf.nn.softplus(-logits)
-
-
-def d_loss_fake(logits: tf.Tensor, loss: str) -> tf.Tensor:
-    return tf.nn.relu(1.0 + logits) if loss == "hinge" else tf.nn.softplus(logits)
-
-
-def g_loss_fn(logits: tf.Tensor, loss: str) -> tf.Tensor:
-    """Per-example G loss: non-saturating (target "real", the paper) or hinge (-D(G(z)))."""
-    return -logits if loss == "hinge" else tf.nn.softplus(-logits)
-
-
-# ----------------------------------------------------------------------------------- trainer
-def pick_strategy() -> tf.distribute.Strategy:
-    """Every visible GPU through MirroredStrategy when there are several; else the default."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy([g.name for g in gpus])
-    return tf.distribute.get_strategy()
-
-
-@contextlib.contextmanager
-def _dtype_policy(mixed: bool) -> Iterator[None]:
-    """Build models under mixed_float16 without leaving the process-wide policy changed."""
-    previous = keras.mixed_precision.dtype_policy()
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-class GANTrainer:
-    """Networks, optimizers, noise and the compiled step of one training run."""
-
-    def __init__(self, recipe: Recipe, num_classes: int,
-                 strategy: tf.distribute.Strategy | None = None) -> None:
-        from .. import models
-
-        self.recipe = recipe
-        m, t = recipe.model, recipe.train
-        self.strategy = strategy or pick_strategy()
-        self.replicas = int(self.strategy.num_replicas_in_sync)
-        self.num_classes = int(num_classes)
-        self.loss = t.loss
-        self.half = bool(t.d_half_batches)
-        self.policies = list(t.diffaugment)
-        self.ema_decay = float(t.ema_decay)
-        self.aux_weight = float(t.aux_class_weight)
-        self.ada = t.ada_target > 0
-        self.label_mode = label_mode_of(m)
-        self.label_key = label_input(self.label_mode) or LABEL
-        self.fake_labels = "data" if self.label_mode == "multi-hot" else t.fake_labels
-        unit = 2 * self.replicas if self.half else self.replicas
-        if t.batch_size % unit:
-            raise CxrError(f"train.batch_size {t.batch_size} must be divisible by {unit} "
-                           f"({self.replicas} replica(s){', half batches' if self.half else ''})")
-        self.batch_size = int(t.batch_size)
-        self.real_batch = self.batch_size // 2 if self.half else self.batch_size  # global reals
-        self.local_batch = self.batch_size // self.replicas  # G batch per replica
-        self.mixed = bool(t.mixed_precision)
-        with _dtype_policy(self.mixed), self.strategy.scope():
-            self.generator = models.build_generator(m, self.num_classes)
-            self.discriminator = models.build_discriminator(
-                m, self.num_classes, class_head=self.aux_weight > 0)
-            self.ema_generator = (models.build_generator(m, self.num_classes)
-                                  if self.ema_decay > 0 else None)
-            self.g_optimizer = self._optimizer(t.g_lr, t, "g_adam")
-            self.d_optimizer = self._optimizer(t.d_lr, t, "d_adam")
-            self.g_optimizer.build(self.generator.trainable_variables)
-            self.d_optimizer.build(self.discriminator.trainable_variables)
-            self.rng = tf.random.Generator.from_seed(t.seed)
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            # Running sums of the current epoch: d_loss, g_loss, d_acc_real, d_acc_fake, r_t, steps.
-            self.sums = tf.Variable(tf.zeros([6], tf.float64), trainable=False, name="sums")
-            self.epoch_wall = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="wall")
-            # Wall-clock seconds of the run so far (train.minutes), over resumed sessions.
-            self.run_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
-                                           name="run_seconds")
-            # ADA: augmentation probability, and the running sum/count of sign(D(real)).
-            self.aug_p = tf.Variable(0.0 if self.ada else 1.0, dtype=tf.float32,
-                                     trainable=False, name="aug_p")
-            self.ada_acc = tf.Variable(tf.zeros([2], tf.float32), trainable=False,
-                                       name="ada_acc")
-        if self.ema_generator is not None:
-            self.ema_generator.set_weights(self.generator.get_weights())
-        objects: dict[str, Any] = dict(
-            generator=self.generator, discriminator=self.discriminator,
-            g_optimizer=self.g_optimizer, d_optimizer=self.d_optimizer, rng=self.rng,
-            step=self.step, epoch=self.epoch, sums=self.sums, epoch_wall=self.epoch_wall,
-            run_seconds=self.run_seconds, aug_p=self.aug_p, ada_acc=self.ada_acc)
-        if self.ema_generator is not None:
-            objects["ema_generator"] = self.ema_generator
-        self.checkpoint = tf.train.Checkpoint(**objects)
-        # autograph=False: the step has no tensor-dependent Python control flow, and converting
-        # it (and Keras internals) took most of the tracing time.
-        replica_fn = self._replica_step
-        if t.xla:
-            replica_fn = tf.function(replica_fn, jit_compile=True, autograph=False)
-        self._replica_fn = replica_fn
-        self._step_fn = tf.function(self._distributed_step, autograph=False)
-
-    def _optimizer(self, lr: float, t: Any, name: str) -> keras.optimizers.Optimizer:
-        opt = keras.optimizers.Adam(lr, beta_1=t.beta1, beta_2=t.beta2, name=name)
-        return keras.optimizers.LossScaleOptimizer(opt) if self.mixed else opt
-
-    @property
-    def sample_generator(self) -> keras.Model:
-        """The generator grids and exports use: the EMA one where the run keeps an EMA."""
-        return self.ema_generator if self.ema_generator is not None else self.generator
-
-    def generate(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Images [N, H, W, 1] in [-1, 1] from the sampled generator, in inference mode."""
-        inputs = inputs_for(self.label_mode, z, labels)
-        return np.asarray(self.sample_generator(inputs, training=False), dtype=np.float32)
-
-    # ------------------------------------------------------------------------- model calls
-    def _g(self, z: tf.Tensor, labels: tf.Tensor, training: bool = True) -> tf.Tensor:
-        inputs = inputs_for(self.label_mode, z, labels)
-        return tf.cast(self.generator(inputs, training=training), tf.float32)
-
-    def _d(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
-        """(real/fake logits [N, 1], class logits [N, C] or None without the class head)."""
-        images = diff_augment(images, self.policies, self.rng,
-                              self.aug_p if self.ada else None)
-        inputs = images if self.label_mode == "none" else {IMAGE: images,
-                                                            self.label_key: labels}
-        out = self.discriminator(inputs, training=True)
-        if self.aux_weight > 0:
-            return tf.cast(out[0], tf.float32), tf.cast(out[1], tf.float32)
-        return tf.cast(out, tf.float32), None
-
-    def _class_loss(self, class_logits: tf.Tensor | None, labels: tf.Tensor) -> tf.Tensor:
-        """Per-example auxiliary class loss [N, 1], shaped like the GAN loss of logits [N, 1] so
-        the two add per example (0 without the head): softmax cross-entropy for index labels,
-        per-finding sigmoid cross-entropy summed over findings for multi-hot."""
-        if class_logits is None:
-            return tf.zeros([tf.shape(labels)[0], 1], tf.float32)
-        if self.label_mode == "multi-hot":
-            bce = tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(labels, tf.float32),
-                                                          class_logits)
-            return self.aux_weight * tf.reduce_sum(bce, axis=1, keepdims=True)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32),
-                                                            class_logits)
-        return self.aux_weight * ce[:, None]
-
-    def _noise(self, n: int, real_labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Latent vectors and fake labels for ``n`` fakes."""
-        z = self.rng.normal([n, self.recipe.model.latent_dim])
-        if self.fake_labels == "uniform" and self.label_mode == "index":
-            return z, self.rng.uniform([n], 0, self.num_classes, dtype=tf.int32)
-        reps = -(-n // int(real_labels.shape[0]))
-        pool = tf.concat([real_labels] * reps, axis=0)[:n]
-        order = tf.argsort(self.rng.uniform([n]))
-        return z, tf.gather(pool, order)
-
-    def _apply(self, opt: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
-               variables: list[Any]) -> None:
-        grads = tape.gradient(loss, variables)
-        # a loss may leave some variables out (the class head on the fake half-batch): skip them
-        # rather than have Keras warn that their gradients do not exist
-        opt.apply_gradients([(g, v) for g, v in zip(grads, variables, strict=True)
-                             if g is not None])
-
-    def _avg(self, per_example: tf.Tensor, global_batch: int) -> tf.Tensor:
-        return tf.nn.compute_average_loss(tf.reshape(per_example, [-1]),
-                                          global_batch_size=global_batch)
-
-    # ------------------------------------------------------------------------------ the step
-    def _replica_step(self, real: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
-        n_real = int(real.shape[0])  # reals on this replica
-        g_vars = self.generator.trainable_variables
-        d_vars = self.discriminator.trainable_variables
-        # 1. Discriminator.
-        z, fake_labels = self._noise(n_real, labels)
-        fake = tf.stop_gradient(self._g(z, fake_labels))
-        if self.half:
-            with tf.GradientTape() as tape:
-                real_logits, real_classes = self._d(real, labels)
-                loss_real = self._avg(d_loss_real(real_logits, self.loss)
-                                      + self._class_loss(real_classes, labels), self.real_batch)
-                scaled = self.d_optimizer.scale_loss(loss_real)
-            self._apply(self.d_optimizer, tape, scaled, d_vars)
-            with tf.GradientTape() as tape:
-                fake_logits, _ = self._d(fake, fake_labels)
-                loss_fake = self._avg(d_loss_fake(fake_logits, self.loss), self.real_batch)
-                scaled = self.d_optimizer.scale_loss(loss_fake)
-            self._apply(self.d_optimizer, tape, scaled, d_vars)
-            d_loss = 0.5 * (loss_real + loss_fake)
-        else:
-            with tf.GradientTape() as tape:
-                logits, classes = self._d(tf.concat([real, fake], 0),
-                                          tf.concat([labels, fake_labels], 0))
-                real_logits, fake_logits = logits[:n_real], logits[n_real:]
-                # the class head learns from reals only, so fakes cannot teach it their mistakes
-                real_classes = None if classes is None else classes[:n_real]
-                d_loss = 0.5 * (self._avg(d_loss_real(real_logits, self.loss)
-                                          + self._class_loss(real_classes, labels),
-                                          self.real_batch)
-                                + self._avg(d_loss_fake(fake_logits, self.loss), self.real_batch))
-                scaled = self.d_optimizer.scale_loss(d_loss)
-            self._apply(self.d_optimizer, tape, scaled, d_vars)
-        acc_real = tf.reduce_sum(tf.cast(real_logits > 0, tf.float32)) / self.real_batch
-        r_t = tf.reduce_sum(tf.sign(real_logits)) / self.real_batch  # ADA's overfitting signal
-        acc_fake = tf.reduce_sum(tf.cast(fake_logits < 0, tf.float32)) / self.real_batch
-        # 2. Generator, on a full batch of fresh latent/label pairs.
-        z, g_labels = self._noise(self.local_batch, labels)
-        with tf.GradientTape() as tape:
-            logits, classes = self._d(self._g(z, g_labels), g_labels)
-            g_loss = self._avg(g_loss_fn(logits, self.loss) + self._class_loss(classes, g_labels),
-                               self.batch_size)
-            scaled = self.g_optimizer.scale_loss(g_loss)
-        self._apply(self.g_optimizer, tape, scaled, g_vars)
-        return {"d_loss": d_loss, "g_loss": g_loss, "d_acc_real": acc_real,
-                "d_acc_fake": acc_fake, "r_t": r_t}
-
-    def _distributed_step(self, real: Any, labels: Any) -> dict[str, tf.Tensor]:
-        per_replica = self.strategy.run(self._replica_fn, args=(real, labels))
-        out = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-               for k, v in per_replica.items()}
-        if self.ema_generator is not None:
-            self._update_ema()
-        if self.ada:
-            self._update_ada(out["r_t"])
-        self.step.assign_add(1)
-        self.sums.assign_add(tf.cast(tf.stack([out["d_loss"], out["g_loss"], out["d_acc_real"],
-                                               out["d_acc_fake"], out["r_t"], 1.0]), tf.float64))
-        return out
-
-    def _update_ema(self) -> None:
-        """EMA of the trainable weights.
-
-        The decay ramps up as min(decay, (1 + step) / (10 + step)), as in
-        tf.train.ExponentialMovingAverage with num_updates, so a short run's EMA is not stuck
-        near the random initial weights. Batch-norm statistics are not averaged or copied: they
-        would belong to other weights. :meth:`standing_statistics` recomputes them for the
-        averaged weights before the EMA generator is sampled or saved.
-        """
-        step = tf.cast(self.step, tf.float32)
-        decay = tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
-        for ema, w in zip(self.ema_generator.trainable_variables,
-                          self.generator.trainable_variables, strict=True):
-            ema.assign(decay * ema + (1.0 - decay) * tf.cast(w, ema.dtype))
-
-    def _update_ada(self, r_t: tf.Tensor) -> None:
-        """StyleGAN2-ADA's controller: every ADA_INTERVAL steps, move p by
-        sign(mean r_t - target) * (images in the interval) / (ada_kimg * 1000), within [0, 1]."""
-        t = self.recipe.train
-        self.ada_acc.assign_add(tf.stack([tf.cast(r_t, tf.float32), 1.0]))
-        due = tf.equal((self.step + 1) % ADA_INTERVAL, 0)
-        mean_rt = self.ada_acc[0] / tf.maximum(self.ada_acc[1], 1.0)
-        rate = self.batch_size * ADA_INTERVAL / (t.ada_kimg * 1000.0)
-        moved = tf.clip_by_value(self.aug_p + tf.sign(mean_rt - t.ada_target) * rate, 0.0, 1.0)
-        self.aug_p.assign(tf.where(due, moved, self.aug_p))
-        self.ada_acc.assign(tf.where(due, tf.zeros([2]), self.ada_acc))
-
-    def standing_statistics(self, label_pool: np.ndarray, batches: int = STANDING_BATCHES) -> None:
-        """BigGAN's "standing statistics": recompute the EMA generator's batch-norm statistics
-        from its own averaged weights, on fresh latents and labels drawn as in training (fixed
-        by seed and step, so a resumed run gets the same numbers)."""
-        if self.ema_generator is None:
-            return
-        rng = np.random.default_rng([self.recipe.train.seed, int(self.step.numpy()), 0xB17])
-        n = self.batch_size
-        latent = self.recipe.model.latent_dim
-
-        def inputs() -> Iterator[Any]:
-            for _ in range(batches):
-                z = rng.standard_normal((n, latent)).astype(np.float32)
-                if self.label_mode == "none":
-                    yield z
-                    continue
-                if self.fake_labels == "uniform" and self.label_mode == "index":
-                    labels = rng.integers(0, self.num_classes, n).astype(np.int32)
-                else:
-                    labels = label_pool[rng.integers(0, len(label_pool), n)]
-                yield {Z: z, self.label_key: labels}
-
-        from ..models import refresh_batchnorm_statistics
-
-        refresh_batchnorm_statistics(self.ema_generator, inputs())
-
-    def train_step(self, real: Any, labels: Any) -> dict[str, tf.Tensor]:
-        """One full step (D then G then EMA) on a (distributed) batch of reals."""
-        return self._step_fn(real, labels)
-
-    def reset_epoch_sums(self) -> None:
-        self.sums.assign(tf.zeros([6], tf.float64))
-        self.epoch_wall.assign(0.0)
-
-    def epoch_means(self) -> dict[str, float]:
-        d_loss, g_loss, acc_real, acc_fake, r_t, steps = (float(v) for v in self.sums.numpy())
-        steps = max(steps, 1.0)
-        return {"d_acc_fake": acc_fake / steps, "d_acc_real": acc_real / steps,
-                "d_loss": d_loss / steps, "g_loss": g_loss / steps, "r_t": r_t / steps,
-                "aug_p": float(self.aug_p.numpy())}
-
-
 # -------------------------------------------------------------------------------- the run
 @dataclass
 class TrainResult:
@@ -484,39 +108,19 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def _tb_metadata(plugin: str) -> bytes:
-    from tensorflow.core.framework import summary_pb2
-
-    return summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin)).SerializeToString()
-
-
-def _tb_scalar(tag: str, value: float) -> None:
-    """A TensorBoard scalar through the low-level tf.summary.write.
-
-    ``tf.summary.scalar`` needs the tensorboard package, which is not a dependency; the event
-    format (tensor + "scalars" plugin metadata) is what it would write.
-    """
-    tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_tb_metadata("scalars"))
-
-
-def _tb_image(tag: str, image: Any) -> None:
-    """A TensorBoard image: [width, height, PNG bytes] with "images" plugin metadata."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    tensor = tf.constant([str(image.width).encode(), str(image.height).encode(),
-                          buffer.getvalue()])
-    tf.summary.write(tag, tensor, metadata=_tb_metadata("images"))
-
-
 class _Diverged(Exception):
     pass
 
 
 def _versions() -> dict[str, str]:
-    return {"cxraug": __version__, "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__}
+    found = {"cxraug": __version__, "python": platform.python_version(),
+             "keras": keras.__version__, "backend": backend(), "numpy": np.__version__,
+             "h5py": h5py.__version__}
+    for name in ("tensorflow", "jax"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = str(getattr(module, "__version__", "?"))
+    return found
 
 
 def _flatten(recipe: Recipe) -> dict[str, Any]:
@@ -573,8 +177,11 @@ def _op_determinism(enabled: bool) -> Iterator[None]:
     """Deterministic kernels for the duration of a run, then the process setting as it was.
 
     The setting is process-wide; restoring it keeps other work in the same process (tests, a
-    notebook) from inheriting it.
+    notebook) from inheriting it. TensorFlow only: XLA on CPU (JAX) is deterministic already.
     """
+    if not enabled or backend() != "tensorflow":
+        yield
+        return
     from tensorflow.python.framework import config as tf_config
 
     was = tf_config.is_op_determinism_enabled()
@@ -594,20 +201,32 @@ def train(
     resume: bool = False,
     progress: bool = True,
     max_steps: int | None = None,
+    devices: int | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on the cache ``data`` into the run folder ``out`` (``cxraug train``).
 
     ``max_steps`` stops after that many steps in total (saving a checkpoint), for tests and
     benchmarks; the run can be resumed like an interrupted one. On CPU, kernels run
-    deterministically so that ``--seed`` reproduces a run exactly.
+    deterministically so that ``--seed`` reproduces a run exactly. ``devices``: use the first N
+    accelerators (default: all).
     """
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    on_gpu = _on_gpu()
     with _op_determinism(not on_gpu):
-        return _train(recipe, data, out, resume, progress, max_steps, on_gpu)
+        return _train(recipe, data, out, resume, progress, max_steps, on_gpu, devices)
+
+
+def _on_gpu() -> bool:
+    if backend() == "jax":
+        import jax
+
+        return jax.devices()[0].platform != "cpu"
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, progress: bool,
-           max_steps: int | None, on_gpu: bool) -> TrainResult:
+           max_steps: int | None, on_gpu: bool, devices: int | None) -> TrainResult:
     out, data = Path(out), Path(data)
     paths = RunPaths(out)
     t = recipe.train
@@ -626,6 +245,11 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
         if not paths.recipe.is_file():
             raise CxrError(f"--resume: {out} has run.json but no recipe.toml (files were removed "
                            "from it); start a new run with another --out")
+        ran_on = previous.get("backend", "tensorflow")
+        if ran_on != backend():
+            raise CxrError(f"--resume: run {out} was trained on {ran_on} and its checkpoints are "
+                           f"{ran_on}'s; set KERAS_BACKEND={ran_on} to continue it (export-onnx "
+                           "reads either)")
         old_recipe = load_recipe(paths.recipe)
         changes = _recipe_changes(old_recipe, recipe)
         if changes:
@@ -647,20 +271,17 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
 
     # Reproducibility: seeded weights, seeded noise, and deterministic kernels on CPU.
     keras.utils.set_random_seed(t.seed)
-    strategy = pick_strategy()
-    trainer = GANTrainer(recipe, dataset.num_classes, strategy=strategy)
+    trainer = make_trainer(recipe, dataset.num_classes, devices)
 
     out.mkdir(parents=True, exist_ok=True)
     paths.samples.mkdir(exist_ok=True)
     paths.checkpoints.mkdir(exist_ok=True)
-    manager = tf.train.CheckpointManager(trainer.checkpoint, str(paths.checkpoints),
-                                         max_to_keep=t.keep_checkpoints,
-                                         checkpoint_name=CHECKPOINT_PREFIX)
+    store = trainer.checkpoints(paths.checkpoints, t.keep_checkpoints, CHECKPOINT_PREFIX)
     index = read_checkpoint_index(out)
     restored = None
     if resume and index:
         restored = latest_entry(index)
-        trainer.checkpoint.restore(str(paths.checkpoints / restored["name"])).assert_consumed()
+        store.restore(restored["name"])
 
     if previous is None:
         info: dict[str, Any] = {
@@ -671,14 +292,14 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                      "class_counts": dataset.class_counts.tolist(),
                      "skipped_multi_label": dataset.dropped_multi_label},
             "steps_per_epoch": dataset.steps_per_epoch, "batch_size": t.batch_size,
-            "versions": _versions(), "started": _now(), "sessions": [],
+            "backend": backend(), "versions": _versions(), "started": _now(), "sessions": [],
         }
     else:
         info = dict(previous)
     info["sessions"] = list(info.get("sessions", [])) + [{
         "started": _now(), "command": shlex.join(sys.argv), "resumed_from":
         restored["name"] if restored else None, "replicas": trainer.replicas,
-        "devices": [d.name for d in tf.config.list_logical_devices()], "versions": _versions()}]
+        "devices": trainer.devices(), "versions": _versions()}]
     run = _Run(paths, info, progress)
     write_text_atomic(paths.recipe, recipe.to_toml())
     run.save_info(status="running", ended=None, epochs=t.epochs, error=None)
@@ -699,8 +320,8 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     spe = dataset.steps_per_epoch
     end_step = planned_steps(t, spe)
     n_epochs = -(-end_step // spe)
-    epochs_done = int(trainer.epoch.numpy())
-    step = int(trainer.step.numpy())
+    epochs_done = trainer.epoch_count()
+    step = trainer.step_count()
     in_epoch = step - epochs_done * spe
     # in_epoch == spe: stopped after an epoch's last step, before its metrics row was written
     if in_epoch < 0 or in_epoch > spe:
@@ -715,9 +336,12 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
         best = [e for e in read_checkpoint_index(out) if e.get("reason") == "best"]
         tracker.best = best[-1]["c2st_val"] if best else None
     metrics = _read_metrics(paths.metrics, epochs_done)
-    writer = tf.summary.create_file_writer(str(paths.tensorboard))
+    writer = event_writer(paths.tensorboard, trainer.backend_name)
+    if trainer.backend_name != "tensorflow":
+        run.log(f"note: no TensorBoard events on {trainer.backend_name} (metrics.csv and "
+                "samples/ hold the numbers and grids)")
     session_start = time.perf_counter()
-    seconds_before = float(trainer.run_seconds.numpy())
+    seconds_before = trainer.run_seconds()
     last_ckpt = restored["name"] if restored else None
     status = "running"
 
@@ -733,11 +357,10 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     def save_checkpoint(reason: str) -> str:
         nonlocal last_ckpt
         trainer.standing_statistics(label_pool)
-        trainer.run_seconds.assign(run_seconds())
-        s, e = int(trainer.step.numpy()), int(trainer.epoch.numpy())
-        prefix = manager.save(checkpoint_number=s)
-        name = Path(prefix).name
-        kept = {Path(p).name for p in manager.checkpoints}
+        trainer.set_run_seconds(run_seconds())
+        s, e = trainer.step_count(), trainer.epoch_count()
+        name = store.save(s)
+        kept = store.kept()
         entries = [x for x in read_checkpoint_index(out) if x["name"] != name
                    and (x["name"] in kept or x.get("reason") == "best")]
         entries.append({"name": name, "epoch": e, "step": s, "saved": _now(), "reason": reason})
@@ -749,11 +372,11 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     def save_best(result: dict[str, float]) -> None:
         """The whole training state under best-<step>, then the older best removed (the index
         always names a complete checkpoint)."""
-        trainer.run_seconds.assign(run_seconds())
-        s = int(trainer.step.numpy())
+        trainer.set_run_seconds(run_seconds())
+        s = trainer.step_count()
         e = s // spe  # epochs completed (the counter moves only once the epoch's row is written)
         name = f"{BEST_PREFIX}-{s}"
-        trainer.checkpoint.write(str(paths.checkpoints / name))
+        store.write(name)
         old = [x for x in read_checkpoint_index(out) if x.get("reason") == "best"]
         entries = [x for x in read_checkpoint_index(out) if x.get("reason") != "best"]
         entries.append({"name": name, "epoch": e, "step": s, "saved": _now(), "reason": "best",
@@ -774,29 +397,28 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
         for epoch in range(epochs_done, n_epochs if status == "running" else 0):
             if in_epoch == 0:
                 trainer.reset_epoch_sums()
-            batches = strategy.experimental_distribute_dataset(dataset.dataset(epoch, in_epoch))
             tick = time.perf_counter()
-            for real, labels in batches:
-                values = trainer.train_step(real, labels)
-                losses = {k: float(v) for k, v in values.items()}
-                step = int(trainer.step.numpy())
-                if not all(math.isfinite(v) for v in losses.values()):
-                    bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v))
-                    raise _Diverged(f"training diverged at epoch {epoch + 1}, step {step}: "
-                                    f"non-finite {bad}")
+            for real, labels in trainer.batches(dataset, epoch, in_epoch):
+                trainer.train_step(real, labels)  # queued on the device; nothing read back
+                step += 1
                 run.bar.update(1)
-                run.bar.set_postfix(epoch=epoch + 1, d=f"{losses['d_loss']:.3f}",
-                                    g=f"{losses['g_loss']:.3f}", refresh=False)
-                if step >= limit or out_of_time():
+                stopping = step >= limit or out_of_time()
+                if step % FETCH_EVERY == 0 or stopping:
+                    _check_finite(trainer, spe)
+                    losses = trainer.last_losses()
+                    run.bar.set_postfix(epoch=epoch + 1, d=f"{losses['d_loss']:.3f}",
+                                        g=f"{losses['g_loss']:.3f}", refresh=False)
+                if stopping:
                     break
-            trainer.epoch_wall.assign_add(time.perf_counter() - tick)
+            _check_finite(trainer, spe)  # before anything of this epoch is saved
+            trainer.add_epoch_wall(time.perf_counter() - tick)
             complete = step == (epoch + 1) * spe
             budget_spent = step >= end_step or out_of_time()
             if not complete and not budget_spent:  # max_steps inside an epoch
                 save_checkpoint("max_steps")
                 status = "stopped"
                 break
-            wall = float(trainer.epoch_wall.numpy())
+            wall = trainer.epoch_wall_s()
             done_in_epoch = step - epoch * spe
             row = {"epoch": epoch + 1, "step": step, "kimg": step * t.batch_size / 1000.0,
                    **trainer.epoch_means(), "wall_s": wall,
@@ -808,8 +430,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                                               dataset.class_names, trainer.label_mode)
                 grid = draw_grid(images, names)
                 save_png(grid, paths.sample(epoch + 1))
-                with writer.as_default(step=step):
-                    _tb_image("samples", grid)
+                writer.image(step, "samples", grid)
             if tracker is not None and ((epoch + 1) % t.eval_every == 0 or last):
                 trainer.standing_statistics(label_pool)
                 result = tracker.measure(trainer.generate)
@@ -823,12 +444,9 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
             metrics.append(row)
             _write_metrics(paths.metrics, metrics)
             if complete:  # only now: a Ctrl-C before this point redoes the row on --resume
-                trainer.epoch.assign(epoch + 1)
+                trainer.set_epoch(epoch + 1)
                 in_epoch = 0
-            with writer.as_default(step=step):
-                for key in METRIC_COLUMNS[3:]:
-                    if key in row:
-                        _tb_scalar(key, row[key])
+            writer.scalars(step, {k: row[k] for k in METRIC_COLUMNS[3:] if k in row})
             run.log(f"epoch {epoch + 1}/{n_epochs} step {step} ({row['kimg']:.1f} kimg): "
                     f"d_loss {row['d_loss']:.4f} g_loss {row['g_loss']:.4f} d_acc_real "
                     f"{row['d_acc_real']:.3f} d_acc_fake {row['d_acc_fake']:.3f} r_t "
@@ -850,20 +468,17 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                 status = "finished"
     except KeyboardInterrupt:
         run.bar.close()
+        try:  # a divergence in the steps since the last check must not be saved
+            _check_finite(trainer, spe)
+        except _Diverged as exc:
+            _diverged(run, exc, last_ckpt, paths)
         name = save_checkpoint("interrupt")
-        run.log(f"interrupted at step {int(trainer.step.numpy())}; saved {name}", echo=True)
+        run.log(f"interrupted at step {trainer.step_count()}; saved {name}", echo=True)
         run.save_info(status="interrupted", ended=_now())
         raise
     except _Diverged as exc:
         run.bar.close()
-        keep = (f"the last good checkpoint {last_ckpt} is kept" if last_ckpt
-                else "no checkpoint had been saved yet")
-        message = (f"{exc}; nothing from this step on was saved and {keep} in "
-                   f"{paths.checkpoints}; start a new run with lower train.d_lr/train.g_lr "
-                   "(--set train.d_lr=1e-4) or train.loss=\"hinge\"")
-        run.log(message)
-        run.save_info(status="failed", ended=_now(), error=str(exc))
-        raise CxrError(message) from None
+        _diverged(run, exc, last_ckpt, paths)
     except BaseException as exc:
         run.bar.close()
         run.log(f"failed: {type(exc).__name__}: {exc}")
@@ -873,15 +488,38 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
         writer.close()
     run.bar.close()
     wall = time.perf_counter() - session_start
-    run.save_info(status=status, ended=_now(), epochs_done=int(trainer.epoch.numpy()),
-                  step=int(trainer.step.numpy()), kimg=int(trainer.step.numpy()) * t.batch_size
-                  / 1000.0, run_seconds=run_seconds())
-    run.log(f"{status}: step {int(trainer.step.numpy())}/{end_step} "
-            f"({int(trainer.step.numpy()) * t.batch_size / 1000:.1f} kimg) in {wall:.1f} s")
-    return TrainResult(run_dir=out, status=status, epochs_done=int(trainer.epoch.numpy()),
-                       epochs=n_epochs, step=int(trainer.step.numpy()), metrics=metrics,
+    step = trainer.step_count()
+    run.save_info(status=status, ended=_now(), epochs_done=trainer.epoch_count(), step=step,
+                  kimg=step * t.batch_size / 1000.0, run_seconds=run_seconds())
+    run.log(f"{status}: step {step}/{end_step} ({step * t.batch_size / 1000:.1f} kimg) in "
+            f"{wall:.1f} s")
+    return TrainResult(run_dir=out, status=status, epochs_done=trainer.epoch_count(),
+                       epochs=n_epochs, step=step, metrics=metrics,
                        wall_s=wall, checkpoint=last_ckpt, end_step=end_step,
                        batch_size=t.batch_size)
+
+
+def _check_finite(trainer: TrainerBase, steps_per_epoch: int) -> None:
+    """Raise :class:`_Diverged` naming the first step whose numbers were not finite (the step
+    records it on the device; this reads one number)."""
+    bad = trainer.first_bad_step()
+    if bad is None:
+        return
+    step, values = bad
+    names = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+    raise _Diverged(f"training diverged at epoch {(step - 1) // steps_per_epoch + 1}, step "
+                    f"{step}: non-finite {names}")
+
+
+def _diverged(run: _Run, exc: _Diverged, last_ckpt: str | None, paths: RunPaths) -> None:
+    keep = (f"the last good checkpoint {last_ckpt} is kept" if last_ckpt
+            else "no checkpoint had been saved yet")
+    message = (f"{exc}; nothing from this step on was saved and {keep} in "
+               f"{paths.checkpoints}; start a new run with lower train.d_lr/train.g_lr "
+               "(--set train.d_lr=1e-4) or train.loss=\"hinge\"")
+    run.log(message)
+    run.save_info(status="failed", ended=_now(), error=str(exc))
+    raise CxrError(message) from None
 
 
 def planned_steps(t: Any, steps_per_epoch: int) -> int:
