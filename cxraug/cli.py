@@ -178,7 +178,10 @@ def train(
     ] = None,
     devices: Annotated[int | None, typer.Option(help="Use the first N accelerators (default: all); the batch is split across them.")] = None,
 ) -> None:
-    """Train a conditional GAN from a recipe (KERAS_BACKEND=jax trains with JAX; default TensorFlow)."""
+    """Train a conditional GAN from a recipe.
+
+    On TensorFlow by default; KERAS_BACKEND=jax trains with JAX (pip install 'cxraug[jax]').
+    """
     from .recipe import load_recipe
 
     if resume and out is not None and (out / "run.json").is_file():
@@ -256,6 +259,17 @@ def export_onnx(
 
     result = export_run(run=run, out=out, checkpoint=checkpoint, fp16=fp16)
     typer.echo(result.summary())
+
+
+@app.command()
+def doctor() -> None:
+    """Check backends, devices, CUDA and onnxruntime.
+
+    Keras's backend, TensorFlow's and JAX's devices, the CUDA libraries found, and the onnxruntime providers that a session really uses (not only those it lists).
+    """
+    from .doctor import main_text
+
+    typer.echo(main_text())
 
 
 @app.command()

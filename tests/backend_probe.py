@@ -4,6 +4,8 @@ when Keras is imported; one process per backend keeps JAX's start-up and compila
 * ``probe``: build each recipe's networks, compute the step's objectives on fixed inputs without
   augmentation, take one real step. The first backend to probe a recipe saves its initial weights
   into ``weights``, the next one loads them: both compute with the same weights and batch.
+* ``make_cache``: first write the phantom cache the runs train on (as tests/conftest.py makes
+  its own: 420 phantoms at 64x64, prepared at 32x32 with the paper's 7 classes).
 * ``runs``: train smoke-32 runs ``[out, overrides, train() keywords]`` one after the other.
 * ``images``: a run's generator on fixed inputs, saved as ``.npy``.
 
@@ -106,6 +108,15 @@ def images(run_dir: str, out: str) -> None:
 def main() -> None:
     job = json.loads(Path(sys.argv[1]).read_text())
     results: dict[str, object] = {}
+    if job.get("make_cache"):
+        from cxraug.data.cache import prepare
+        from cxraug.data.phantom import make_phantom_dataset
+
+        phantoms = Path(job["make_cache"]).with_suffix("")
+        make_phantom_dataset(out=phantoms, n=420, size=64, seed=0, multi_label_fraction=0.1)
+        prepare(data_root=phantoms, csv=phantoms / "Data_Entry_2017.csv",
+                out=job["make_cache"], size=32, top_k=6, multi_label="drop",
+                val_fraction=0.15, test_fraction=0.15, seed=0, workers=1)
     if job.get("probe"):
         results["probe"] = {name: probe(name, Path(job["weights"])) for name in job["probe"]}
     results["runs"] = [run(out, overrides, kw, job["data"]) for out, overrides, kw in

@@ -21,6 +21,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # the tests that wait for the background JAX process run last: it works meanwhile
+    waiting = [item for item in items if "jax_side" in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in waiting] + waiting
+
+
+#: tests/test_backends.py's JAX process, started as soon as the session knows a selected test
+#: needs it (``jax_side`` fixture), so that it runs while the other tests do.
+JAX_SIDE: dict[str, object] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any("jax_side" in getattr(item, "fixturenames", ()) for item in session.items):
+        from helpers import start_jax_side
+
+        JAX_SIDE.update(start_jax_side())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import shutil
+
+    proc = JAX_SIDE.get("proc")
+    if proc is not None and proc.poll() is None:  # type: ignore[attr-defined]
+        proc.kill()  # type: ignore[attr-defined]
+        proc.wait()  # type: ignore[attr-defined]
+    if JAX_SIDE.get("root"):
+        shutil.rmtree(JAX_SIDE["root"], ignore_errors=True)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def jax_side() -> dict[str, object]:
+    """The JAX process's results (waits for it): ``{"root", "probe", "runs"}``."""
+    import json
+
+    if not JAX_SIDE:
+        pytest.skip("the JAX backend needs jax (pip install 'cxraug[jax]')")
+    proc, root = JAX_SIDE["proc"], Path(JAX_SIDE["root"])  # type: ignore[arg-type]
+    rc = proc.wait(timeout=1800)  # type: ignore[attr-defined]
+    assert rc == 0, (root / "stderr").read_text()[-3000:]
+    lines = (root / "stdout").read_text().strip().splitlines()
+    return {"root": root, **json.loads(lines[-1])}
 NIH_SAMPLE = Path(os.environ.get("CXRAUG_NIH_SAMPLE", _DEFAULT_SAMPLE))
 
 

@@ -116,3 +116,45 @@ def start_and_stop(args: list[str], images: Path, at_least: int, sig: int) -> in
     assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
     os.kill(proc.pid, sig)
     return proc.wait()
+
+
+# --------------------------------------------------------------- the JAX side of test_backends
+JAX_PROBE = REPO / "tests" / "backend_probe.py"
+#: smoke-32 with EMA, DiffAugment and ADA: all the state a JAX resume must carry
+JAX_OVERRIDES = {"train.epochs": 3, "train.checkpoint_every": 1, "train.steps_per_epoch": 3,
+                 "train.keep_checkpoints": 5, "train.ema_decay": 0.99,
+                 "train.diffaugment": ["translation", "cutout"], "train.ada_target": 0.6}
+
+
+def start_jax_side() -> dict[str, object]:
+    """Start tests/test_backends.py's JAX process in the background (niced: the TensorFlow tests
+    keep the cores first), so that JAX's compilations overlap the rest of the suite. It makes its
+    own phantom cache, probes every recipe (saving the weights TensorFlow then loads), and trains:
+    straight, cut at step 4 and resumed, and on two forced CPU devices."""
+    import tempfile
+
+    from cxraug.recipe import available_recipes
+
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return {}
+    root = Path(tempfile.mkdtemp(prefix="cxraug-jax-side-"))
+    (root / "weights").mkdir()
+    runs = [(root / "a", JAX_OVERRIDES, {"devices": 1}),
+            (root / "b", JAX_OVERRIDES, {"devices": 1, "max_steps": 4}),
+            (root / "b", JAX_OVERRIDES, {"devices": 1, "resume": True}),
+            (root / "two", {**JAX_OVERRIDES, "train.epochs": 1}, {})]
+    job = {"make_cache": str(root / "cache.h5"), "data": str(root / "cache.h5"),
+           "probe": available_recipes(), "weights": str(root / "weights"),
+           "runs": [(str(out), o, kw) for out, o, kw in runs],
+           "images": [(str(root / "a"), str(root / "jax.npy"))]}
+    (root / "job.json").write_text(json.dumps(job))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(REPO), "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    with open(root / "stdout", "w") as out, open(root / "stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, str(JAX_PROBE), str(root / "job.json")],
+                                cwd=REPO, env=env, stdout=out, stderr=err,
+                                preexec_fn=lambda: os.nice(10))
+    return {"proc": proc, "root": root}

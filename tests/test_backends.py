@@ -1,8 +1,9 @@
 """Keras on TensorFlow and on JAX: the same networks and objectives, one run driver.
 
 Each backend runs in its own process (``KERAS_BACKEND`` is read when Keras is imported). JAX's
-side is one process (tests/backend_probe.py) with two forced CPU devices, so that its start-up
-and compilations are paid once; the module fixture runs it and the tests read its results.
+side is one background process (tests/backend_probe.py, started by tests/conftest.py as soon as
+the session is collected, with two forced CPU devices) so that its start-up and compilations are
+paid once and overlap the other tests; the ``jax_side`` fixture waits for its results.
 """
 
 from __future__ import annotations
@@ -16,64 +17,37 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import JAX_PROBE, REPO
 
 from cxraug.recipe import available_recipes
 
-pytest.importorskip("jax", reason="the JAX backend needs jax (pip install 'cxraug[jax]')")
 
-PROBE = REPO / "tests" / "backend_probe.py"
-# smoke-32 with EMA, DiffAugment and ADA: all the state a resume must carry
-OVERRIDES = {"train.epochs": 3, "train.checkpoint_every": 1, "train.steps_per_epoch": 3,
-             "train.ema_decay": 0.99, "train.diffaugment": ["translation", "cutout"],
-             "train.ada_target": 0.6}
-PLAIN = {**OVERRIDES, "train.epochs": 1, "train.diffaugment": [], "train.ada_target": 0.0}
-
-
-def _python(args: list[str], backend: str, env: dict[str, str] | None = None) -> str:
-    full_env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-                "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True,
+def _python(args: list[str], backend: str) -> str:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
-def _job(path: Path, backend: str, env: dict[str, str] | None = None, **job: Any) -> dict:
-    path.write_text(json.dumps(job))
-    return json.loads(_python([str(PROBE), str(path)], backend, env).strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
-def sides(phantom_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """TensorFlow probes every recipe (and saves the weights); then one JAX process probes them
-    with those weights and trains: straight, cut at step 4 and resumed, and one vs two devices."""
-    root = tmp_path_factory.mktemp("backends")
-    weights = root / "weights"
-    weights.mkdir()
-    recipes = available_recipes()
-    tf_side = _job(root / "tf.json", "tensorflow", probe=recipes, weights=str(weights),
-                   data=str(phantom_cache))
-    runs = [(root / "a", OVERRIDES, {"devices": 1}),
-            (root / "b", OVERRIDES, {"devices": 1, "max_steps": 4}),
-            (root / "b", OVERRIDES, {"devices": 1, "resume": True}),
-            (root / "one", PLAIN, {"devices": 1}),
-            (root / "two", PLAIN, {})]
-    jax_side = _job(root / "jax.json", "jax",
-                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                         "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache")},
-                    probe=recipes, weights=str(weights), data=str(phantom_cache),
-                    runs=[(str(out), o, kw) for out, o, kw in runs],
-                    images=[(str(root / "a"), str(root / "jax.npy"))])
-    return {"root": root, "tf": tf_side, "jax": jax_side, "recipes": recipes}
+def tf_side(jax_side: dict[str, Any]) -> dict[str, Any]:
+    """TensorFlow probes every recipe with the weights the JAX side saved."""
+    root = jax_side["root"]
+    job = root / "tf.json"
+    job.write_text(json.dumps({"probe": available_recipes(), "weights": str(root / "weights")}))
+    return json.loads(_python([str(JAX_PROBE), str(job)], "tensorflow").strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_every_recipe_steps_on_both_backends_with_the_same_losses(sides: dict) -> None:
-    """Same weights (saved by TensorFlow, loaded by JAX), same batch: the objectives agree to
+def test_every_recipe_steps_on_both_backends_with_the_same_losses(
+        jax_side: dict, tf_side: dict) -> None:
+    """Same weights (saved by JAX, loaded by TensorFlow), same batch: the objectives agree to
     float tolerance, and one real step of each backend moves every generator weight."""
-    for name in sides["recipes"]:
-        a, b = sides["tf"]["probe"][name], sides["jax"]["probe"][name]
+    assert sorted(jax_side["probe"]) == sorted(available_recipes())
+    for name in available_recipes():
+        a, b = tf_side["probe"][name], jax_side["probe"][name]
         assert (a["backend"], b["backend"]) == ("tensorflow", "jax")
         for key in ("d_loss", "g_loss"):
             assert b[key] == pytest.approx(a[key], rel=2e-4, abs=2e-5), (name, key, a, b)
@@ -88,9 +62,9 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_jax_run_resumes_exactly(sides: dict) -> None:
-    straight, cut, resumed = sides["jax"]["runs"][:3]
-    root = sides["root"]
+def test_jax_run_resumes_exactly(jax_side: dict) -> None:
+    straight, cut, resumed = jax_side["runs"][:3]
+    root = jax_side["root"]
     assert straight["status"] == "finished" and straight["step"] == 9
     assert cut["status"] == "stopped" and resumed["status"] == "finished"
     run = json.loads((root / "a" / "run.json").read_text())
@@ -103,14 +77,14 @@ def test_jax_run_resumes_exactly(sides: dict) -> None:
 
 @pytest.mark.slow
 def test_jax_run_exports_through_tensorflow_and_resumes_only_on_jax(
-        sides: dict, phantom_cache: Path, capsys: pytest.CaptureFixture) -> None:
+        jax_side: dict, capsys: pytest.CaptureFixture) -> None:
     from cxraug.cli import main
     from cxraug.export.onnx_export import export_run
     from cxraug.synthesis.generator import OnnxGenerator
 
-    root = sides["root"]
+    root = jax_side["root"]
     # this process runs TensorFlow: resuming the JAX run here is refused in one line
-    assert main(["train", "--recipe", "smoke-32", "--data", str(phantom_cache), "--out",
+    assert main(["train", "--recipe", "smoke-32", "--data", str(root / "cache.h5"), "--out",
                  str(root / "b"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "trained on jax" in err and err.strip().count("\n") == 0
@@ -124,26 +98,26 @@ def test_jax_run_exports_through_tensorflow_and_resumes_only_on_jax(
 
 
 @pytest.mark.slow
-def test_two_devices_give_what_one_device_gives(sides: dict) -> None:
-    """Data parallel on two (CPU) devices, same global batch: the same run as on one device
-    (to float tolerance: the devices sum in another order)."""
-    one, two = sides["jax"]["runs"][3:]
-    root = sides["root"]
-    sessions = json.loads((root / "two" / "run.json").read_text())["sessions"]
-    assert len(sessions[0]["devices"]) == 2
-    assert len(json.loads((root / "one" / "run.json").read_text())["sessions"][0]["devices"]) == 1
-    for r1, r2 in zip(one["rows"], two["rows"], strict=True):
-        for key in ("d_loss", "g_loss", "d_acc_real", "d_acc_fake"):
-            assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), (key, r1, r2)
-    a, b = _npz(root / "one/checkpoints/ckpt-3.npz"), _npz(root / "two/checkpoints/ckpt-3.npz")
+def test_two_devices_give_what_one_device_gives(jax_side: dict) -> None:
+    """Data parallel on two (CPU) devices, same global batch: the first epoch of the one-device
+    run (to float tolerance: the devices sum in another order)."""
+    straight, two = jax_side["runs"][0], jax_side["runs"][3]
+    root = jax_side["root"]
+    assert len(json.loads((root / "two" / "run.json").read_text())["sessions"][0]["devices"]) == 2
+    assert len(json.loads((root / "a" / "run.json").read_text())["sessions"][0]["devices"]) == 1
+    r1, r2 = straight["rows"][0], two["rows"][0]
+    for key in ("d_loss", "g_loss", "d_acc_real", "d_acc_fake", "r_t", "aug_p"):
+        assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), (key, r1, r2)
+    a, b = _npz(root / "a/checkpoints/ckpt-3.npz"), _npz(root / "two/checkpoints/ckpt-3.npz")
     for key in a:
         if key.startswith(("g/", "d/", "ema/")):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-3, atol=1e-4, err_msg=key)
 
 
 def test_training_modules_that_are_shared_stay_backend_neutral() -> None:
-    """The objectives, DiffAugment, the trainer base and the input pipeline import no
-    TensorFlow (the JAX-only GPU machine has none)."""
+    """The objectives, DiffAugment, the trainer base, the input pipeline and the JAX step import
+    no TensorFlow (the JAX-only GPU machine has none)."""
+    pytest.importorskip("jax", reason="the JAX backend needs jax (pip install 'cxraug[jax]')")
     code = ("import sys\n"
             "import cxraug.losses, cxraug.diffaugment, cxraug.training.trainer\n"
             "import cxraug.training.dataset, cxraug.training.tensorboard, cxraug.models\n"

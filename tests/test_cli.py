@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from cxraug.cli import app, main
 
 COMMANDS = [
     "prepare", "info", "demo-data", "train", "sample", "recipes", "export-onnx", "inspect",
-    "augment", "train-classifier", "evaluate", "downstream", "demo",
+    "augment", "train-classifier", "evaluate", "downstream", "demo", "doctor",
 ]
 
 
@@ -151,3 +152,25 @@ def test_the_promised_python_is_the_one_the_code_needs() -> None:
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
     assert project["requires-python"] == ">=3.11"
     assert "Python 3.11+" in (repo / "README.md").read_text()
+
+
+def test_doctor_reports_backends_devices_and_the_providers_that_really_work() -> None:
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-m", "cxraug.cli", "doctor"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line[:17].strip(): line for line in proc.stdout.splitlines() if line.strip()}
+    assert "backend jax" in lines["keras"]
+    assert "providers that work: CPUExecutionProvider" in lines["onnxruntime"]
+    assert "devices:" in lines["jax"] or "not installed" in lines["jax"]
+    assert "Traceback" not in proc.stderr and "EP Error" not in proc.stdout + proc.stderr
+
+
+def test_doctor_names_the_missing_library() -> None:
+    from cxraug.doctor import _reason
+
+    printed = ["... Failed to load library libonnxruntime_providers_cuda.so with error: "
+               "libcublasLt.so.13: cannot open shared object file: No such file or directory"]
+    assert _reason(printed) == "libcublasLt.so.13 not found"
+    assert _reason(["Require cuDNN 9.* and CUDA 13.*. Please install"]) == \
+        "Require cuDNN 9.* and CUDA 13.*"

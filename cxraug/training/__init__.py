@@ -1,1 +1,2 @@
-"""Training stage: recipes, the tf.data pipeline, the GAN training loop and run folders."""
+"""Training stage: the input pipeline, the GAN step on TensorFlow or JAX, the run driver and run
+folders."""
