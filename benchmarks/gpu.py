@@ -4,6 +4,20 @@ a short GPU run computes what the CPU computes. One prepared script for the lent
 
     KERAS_BACKEND=jax python benchmarks/gpu.py [--out results.json] [--peak-tflops 790]
 
+On the lent H200 (Python 3.12, JAX with CUDA 13, no Keras there): carry Keras and the two
+packages it needs that the machine lacks, as wheels in ``.whl/`` (ignored by git)::
+
+    python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+        --platform manylinux_2_17_x86_64 -d .whl keras==3.15.1 namex optree
+
+and run (device tool, ``carry: [".whl"]``, ``timeout_s`` 560)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; \
+    KERAS_BACKEND=jax PYTHONUNBUFFERED=1 timeout 500 python3 benchmarks/gpu.py \
+      --out $OUT/gpu.json 2>&1 | tee $OUT/gpu.log
+
 What it measures, in one run:
 
 * for ``cxraug-128`` and ``paper-128`` at 128x128 (the recipes as shipped; ``--recipes``), the
@@ -91,6 +105,7 @@ def time_steps(name: str, batch: int, steps: int, repeats: int, bf16: bool) -> d
     flops = step_flops(trainer)
     losses = {k: float(v) for k, v in out.items()}
     return {"recipe": name, "batch": batch, "bf16": bf16, "step_s": best,
+            "image_size": recipe.model.image_size,
             "img_per_s": trainer.real_batch / best, "step_tflop": flops / 1e12,
             "achieved_tflops": flops / best / 1e12, "build_compile_s": compile_s,
             "finite": all(np.isfinite(v) for v in losses.values()), "losses": losses}
@@ -174,9 +189,10 @@ def main() -> int:
             row = time_steps(name, batch, args.steps, args.repeats, bf16=bool(gpus))
             row["peak_share"] = row["achieved_tflops"] / args.peak_tflops
             rows.append(row)
+            versus = (f" ({row['img_per_s'] / STYLEGAN2_ADA_A100:.2f}x StyleGAN2-ADA's 128x128 "
+                      "config on an A100)" if row["image_size"] == 128 else "")
             print(f"{name:12s} batch {batch:4d} {'bf16' if row['bf16'] else 'fp32'}: "
-                  f"{row['img_per_s']:9.1f} img/s ({row['img_per_s'] / STYLEGAN2_ADA_A100:.2f}x "
-                  f"StyleGAN2-ADA on an A100), step {row['step_s'] * 1e3:.1f} ms, "
+                  f"{row['img_per_s']:9.1f} img/s{versus}, step {row['step_s'] * 1e3:.1f} ms, "
                   f"{row['step_tflop']:.3f} TFLOP/step, {row['achieved_tflops']:.1f} TFLOP/s = "
                   f"{row['peak_share']:.1%} of {args.peak_tflops:.0f}; build+compile "
                   f"{row['build_compile_s']:.0f} s; finite {row['finite']}", flush=True)

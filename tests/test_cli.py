@@ -154,6 +154,7 @@ def test_the_promised_python_is_the_one_the_code_needs() -> None:
     assert "Python 3.11+" in (repo / "README.md").read_text()
 
 
+@pytest.mark.slow  # (imports TensorFlow, JAX and onnxruntime in a subprocess: seconds)
 def test_doctor_reports_backends_devices_and_the_providers_that_really_work() -> None:
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     proc = subprocess.run([sys.executable, "-m", "cxraug.cli", "doctor"], capture_output=True,
