@@ -64,13 +64,13 @@ def _recipe(name: str, batch: int, **model: object):
 
 
 def time_trainer(recipe, steps: int, num_classes: int = 7) -> dict[str, float]:
-    """Steady-state seconds per step of cxraug's GANTrainer (after one warm-up step)."""
+    """Steady-state seconds per step of cxraug's TensorFlow trainer (after one warm-up step)."""
     import tensorflow as tf
 
     from cxraug import models
-    from cxraug.training.loop import GANTrainer
+    from cxraug.training.step_tf import TFTrainer
 
-    trainer = GANTrainer(recipe, num_classes)
+    trainer = TFTrainer(recipe, num_classes)
     s = recipe.model.image_size
     real = tf.random.uniform([trainer.real_batch, s, s, 1], -1, 1, seed=1)
     labels = tf.constant(np.arange(trainer.real_batch) % num_classes, tf.int32)
