@@ -40,8 +40,8 @@ def probe(name: str, weights: Path) -> dict[str, object]:
             model.load_weights(path)
         else:
             model.save_weights(path)
-    if hasattr(trainer, "_state_from_models"):  # JAX keeps its own copy of the weights
-        trainer._state_from_models()
+    if hasattr(trainer, "state_from_models"):  # JAX keeps its own copy of the weights
+        trainer.state_from_models()
     rng = np.random.default_rng(1)
     n, size = trainer.real_batch, recipe.model.image_size
     real = rng.uniform(-1, 1, (n, size, size, 1)).astype(np.float32)

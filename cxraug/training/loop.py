@@ -48,7 +48,7 @@ from .run import (
 from .sampling import draw_grid, generate_grid, grid_latents, save_png
 from .tensorboard import event_writer
 from .tracking import REALISM_COLUMNS, RealismTracker
-from .trainer import ADA_INTERVAL, STANDING_BATCHES, TrainerBase, backend, make_trainer
+from .trainer import TrainerBase, backend, make_trainer
 
 METRIC_COLUMNS = ("epoch", "step", "kimg", "d_acc_fake", "d_acc_real", "d_loss", "g_loss",
                   "r_t", "aug_p", "wall_s", "img_per_s", *REALISM_COLUMNS)
@@ -59,7 +59,7 @@ RESUMABLE_CHANGES = ("train.epochs", "train.kimg", "train.minutes", "train.check
 #: Steps between reads of the losses (progress bar) and of the device's finiteness check.
 FETCH_EVERY = 10
 
-__all__ = ["ADA_INTERVAL", "FETCH_EVERY", "STANDING_BATCHES", "TrainResult", "train"]
+__all__ = ["FETCH_EVERY", "TrainResult", "train"]
 
 
 def _now() -> str:

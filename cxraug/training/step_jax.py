@@ -29,7 +29,7 @@ import numpy as np
 
 from ..diffaugment import KeyNoise
 from ..recipe import Recipe
-from .trainer import SUM_KEYS, TrainerBase, dtype_policy
+from .trainer import STANDING_BATCHES, SUM_KEYS, TrainerBase, dtype_policy
 
 #: Checkpoint format written by this module (``format`` entry of the ``.npz``).
 FORMAT = "cxraug-jax-checkpoint-1"
@@ -239,9 +239,9 @@ class JaxTrainer(TrainerBase):
                 var.assign(value)
         self._synced = True
 
-    def _state_from_models(self) -> None:
-        """After the models changed outside the step (standing statistics write the EMA
-        generator's; a restore writes all of them)."""
+    def state_from_models(self) -> None:
+        """Take the Keras models' current values as the state: after weights were put into the
+        models outside the step (``load_weights``, a transfer from another run)."""
         self.state["g"] = [v.value for v in self.generator.trainable_variables]
         self.state["g_stats"] = [v.value for v in self.generator.non_trainable_variables]
         self.state["d"] = [v.value for v in self.discriminator.trainable_variables]
@@ -260,7 +260,8 @@ class JaxTrainer(TrainerBase):
         self.sync_models()
         return super().sample_generator
 
-    def standing_statistics(self, label_pool: np.ndarray, batches: int = 16) -> None:
+    def standing_statistics(self, label_pool: np.ndarray,
+                            batches: int = STANDING_BATCHES) -> None:
         self.sync_models()
         super().standing_statistics(label_pool, batches)
 

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..contract import IMAGE, LABEL, LABELS, Z, inputs_for, label_input, label_mode_of
+from ..contract import IMAGE, LABEL, Z, inputs_for, label_input, label_mode_of
 from ..diffaugment import diff_augment
 from ..errors import CxrError
 from ..losses import LOSSES, class_loss
@@ -256,7 +256,3 @@ def make_trainer(recipe: Recipe, num_classes: int, devices: int | None = None) -
         return JaxTrainer(recipe, num_classes, devices=devices)
     raise CxrError(f"KERAS_BACKEND={name}: cxraug trains on tensorflow or jax; set "
                    "KERAS_BACKEND=tensorflow (the default) or jax")
-
-
-__all__ = ["ADA_INTERVAL", "LABELS", "STANDING_BATCHES", "SUM_KEYS", "TrainerBase",
-           "dtype_policy", "make_trainer"]
