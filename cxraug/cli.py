@@ -207,7 +207,17 @@ def train(
         raise CxrError(f"cache {data} not found; {HINTS['--data']}")
     if devices is not None and devices < 1:
         raise CxrError(f"--devices {devices}: give a positive number")
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend not in ("tensorflow", "jax"):
+        raise CxrError(f"KERAS_BACKEND={backend}: cxraug trains on tensorflow (the default) or "
+                       "jax; unset it or set KERAS_BACKEND=jax")
+    if backend == "jax":
+        import importlib.util
+
+        if importlib.util.find_spec("jax") is None:
+            raise CxrError("KERAS_BACKEND=jax but JAX is not installed; pip install "
+                           "'cxraug[jax]' (CPU) or 'cxraug[jax-cuda]' (NVIDIA GPUs)")
+    else:
         import_tensorflow()
     from .training.loop import train as run_train
 

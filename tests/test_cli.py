@@ -175,3 +175,14 @@ def test_doctor_names_the_missing_library() -> None:
     assert _reason(printed) == "libcublasLt.so.13 not found"
     assert _reason(["Require cuDNN 9.* and CUDA 13.*. Please install"]) == \
         "Require cuDNN 9.* and CUDA 13.*"
+
+
+def test_train_names_the_backends_it_supports(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    cache = tmp_path / "c.h5"
+    cache.write_bytes(b"")
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert main(["train", "--data", str(cache), "--out", str(tmp_path / "r"), "--recipe",
+                 "smoke-32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: KERAS_BACKEND=torch") and err.strip().count("\n") == 0
