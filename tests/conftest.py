@@ -51,7 +51,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def jax_side() -> dict[str, object]:
-    """The JAX process's results (waits for it): ``{"root", "probe", "runs"}``."""
+    """The background processes' results (waits for them): ``{"root", "probe", "runs", "tf"}``
+    (``tf``: TensorFlow's probe of the same recipes with the same weights)."""
     import json
 
     if not JAX_SIDE:
@@ -59,8 +60,10 @@ def jax_side() -> dict[str, object]:
     proc, root = JAX_SIDE["proc"], Path(JAX_SIDE["root"])  # type: ignore[arg-type]
     rc = proc.wait(timeout=1800)  # type: ignore[attr-defined]
     assert rc == 0, (root / "stderr").read_text()[-3000:]
-    lines = (root / "stdout").read_text().strip().splitlines()
-    return {"root": root, **json.loads(lines[-1])}
+    def last_line(name: str) -> dict[str, object]:
+        return json.loads((root / name).read_text().strip().splitlines()[-1])
+
+    return {"root": root, **last_line("stdout"), "tf": last_line("tf.stdout")}
 NIH_SAMPLE = Path(os.environ.get("CXRAUG_NIH_SAMPLE", _DEFAULT_SAMPLE))
 
 

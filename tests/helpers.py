@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -127,10 +128,11 @@ JAX_OVERRIDES = {"train.epochs": 3, "train.checkpoint_every": 1, "train.steps_pe
 
 
 def start_jax_side() -> dict[str, object]:
-    """Start tests/test_backends.py's JAX process in the background (niced: the TensorFlow tests
-    keep the cores first), so that JAX's compilations overlap the rest of the suite. It makes its
-    own phantom cache, probes every recipe (saving the weights TensorFlow then loads), and trains:
-    straight, cut at step 4 and resumed, and on two forced CPU devices."""
+    """Start tests/test_backends.py's two processes in the background (niced: the tests in the
+    foreground keep the cores first), so that they overlap the rest of the suite. JAX makes its
+    own phantom cache, probes every recipe (saving the weights), and trains: straight, cut at step
+    4 and resumed, and on two forced CPU devices; then TensorFlow probes the same recipes with
+    those weights."""
     import tempfile
 
     from cxraug.recipe import available_recipes
@@ -150,11 +152,18 @@ def start_jax_side() -> dict[str, object]:
            "runs": [(str(out), o, kw) for out, o, kw in runs],
            "images": [(str(root / "a"), str(root / "jax.npy"))]}
     (root / "job.json").write_text(json.dumps(job))
+    # then TensorFlow probes the recipes with the weights JAX saved (also in the background)
+    (root / "tf.json").write_text(json.dumps({"probe": job["probe"],
+                                              "weights": job["weights"]}))
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONPATH": str(REPO), "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    with open(root / "stdout", "w") as out, open(root / "stderr", "w") as err:
-        proc = subprocess.Popen([sys.executable, str(JAX_PROBE), str(root / "job.json")],
-                                cwd=REPO, env=env, stdout=out, stderr=err,
-                                preexec_fn=lambda: os.nice(10))
+           # two devices for the data-parallel run; one compute thread, so that the tests in
+           # the foreground keep a core
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+                        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+    py, probe = shlex.quote(sys.executable), shlex.quote(str(JAX_PROBE))
+    script = (f"{py} {probe} job.json > stdout 2> stderr && "
+              f"KERAS_BACKEND=tensorflow XLA_FLAGS= {py} {probe} tf.json > tf.stdout 2> stderr")
+    proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env,
+                            preexec_fn=lambda: os.nice(10))
     return {"proc": proc, "root": root}

@@ -2,8 +2,9 @@
 
 Each backend runs in its own process (``KERAS_BACKEND`` is read when Keras is imported). JAX's
 side is one background process (tests/backend_probe.py, started by tests/conftest.py as soon as
-the session is collected, with two forced CPU devices) so that its start-up and compilations are
-paid once and overlap the other tests; the ``jax_side`` fixture waits for its results.
+the session is collected, with two forced CPU devices), followed there by TensorFlow's probe with
+the weights it saved, so that both overlap the other tests; the ``jax_side`` fixture waits for
+their results.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from helpers import JAX_PROBE, REPO
+from helpers import REPO
 
 from cxraug.recipe import available_recipes
 
@@ -31,23 +31,13 @@ def _python(args: list[str], backend: str) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def tf_side(jax_side: dict[str, Any]) -> dict[str, Any]:
-    """TensorFlow probes every recipe with the weights the JAX side saved."""
-    root = jax_side["root"]
-    job = root / "tf.json"
-    job.write_text(json.dumps({"probe": available_recipes(), "weights": str(root / "weights")}))
-    return json.loads(_python([str(JAX_PROBE), str(job)], "tensorflow").strip().splitlines()[-1])
-
-
 @pytest.mark.slow
-def test_every_recipe_steps_on_both_backends_with_the_same_losses(
-        jax_side: dict, tf_side: dict) -> None:
+def test_every_recipe_steps_on_both_backends_with_the_same_losses(jax_side: dict) -> None:
     """Same weights (saved by JAX, loaded by TensorFlow), same batch: the objectives agree to
     float tolerance, and one real step of each backend moves every generator weight."""
     assert sorted(jax_side["probe"]) == sorted(available_recipes())
     for name in available_recipes():
-        a, b = tf_side["probe"][name], jax_side["probe"][name]
+        a, b = jax_side["tf"]["probe"][name], jax_side["probe"][name]
         assert (a["backend"], b["backend"]) == ("tensorflow", "jax")
         for key in ("d_loss", "g_loss"):
             assert b[key] == pytest.approx(a[key], rel=2e-4, abs=2e-5), (name, key, a, b)
