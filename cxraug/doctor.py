@@ -8,19 +8,17 @@ available gets a one-node session, and only those that the session really uses c
 
 from __future__ import annotations
 
-import contextlib
 import ctypes.util
 import importlib
 import os
 import platform
 import re
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .quiet_tf import captured_native_output
 
 CUDA_LIBRARIES = ("cudart", "cublas", "cudnn", "cufft", "nccl")
 
@@ -73,29 +71,6 @@ def _tiny_onnx() -> bytes:
     return model.SerializeToString()
 
 
-@contextlib.contextmanager
-def _captured_output() -> Iterator[list[str]]:
-    """Capture what native code prints on fds 1 and 2 (onnxruntime's loader errors)."""
-    lines: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            lines += sink.read().decode("utf-8", "replace").splitlines()
-
-
 def _reason(lines: list[str]) -> str:
     """The first 'cannot open shared object' / 'Require ...' phrase of onnxruntime's output."""
     for line in lines:
@@ -120,7 +95,7 @@ def working_providers() -> tuple[list[str], list[str], dict[str, str]]:
     for provider in listed:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        with _captured_output() as printed:
+        with captured_native_output((1, 2)) as printed:
             try:
                 session = ort.InferenceSession(model, options, providers=[provider])
                 used = session.get_providers()[0] == provider
@@ -134,7 +109,8 @@ def working_providers() -> tuple[list[str], list[str], dict[str, str]]:
     return listed, working, why
 
 
-def _tensorflow(report: Report) -> None:
+def _tensorflow(report: Report) -> bool:
+    """Reports TensorFlow; returns whether it sees a GPU."""
     version = None
     try:
         from .quiet_tf import import_tensorflow
@@ -147,12 +123,15 @@ def _tensorflow(report: Report) -> None:
         report.add("tensorflow", f"{version}, built for CUDA {cuda} / cuDNN "
                    f"{build.get('cudnn_version', 'none')}; GPUs: "
                    f"{', '.join(g.name for g in gpus) or 'none'}")
+        return bool(gpus)
     except Exception as exc:
         report.add("tensorflow", f"not usable ({type(exc).__name__}: {str(exc)[:80]})"
                    if version is None else f"{version}, error: {exc}")
+    return False
 
 
-def _jax(report: Report) -> bool:
+def _jax(report: Report) -> tuple[bool, bool]:
+    """Reports JAX; returns (usable, sees a GPU)."""
     try:
         import jax
 
@@ -160,13 +139,13 @@ def _jax(report: Report) -> bool:
         kinds = sorted({d.platform for d in devices})
         report.add("jax", f"{jax.__version__}; devices: {len(devices)} x "
                    f"{'/'.join(kinds)} ({devices[0].device_kind})")
-        return True
+        return True, "gpu" in kinds
     except ImportError:
         report.add("jax", "not installed (pip install 'cxraug[jax]', or 'cxraug[jax-cuda]' on "
                    "NVIDIA GPUs)")
     except Exception as exc:
         report.add("jax", f"not usable ({type(exc).__name__}: {str(exc)[:80]})")
-    return False
+    return False, False
 
 
 def diagnose() -> Report:
@@ -174,8 +153,8 @@ def diagnose() -> Report:
     report.add("cxraug", f"{__version__} on Python {platform.python_version()}, "
                f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores")
     backend = os.environ.get("KERAS_BACKEND") or _keras_json_backend() or "tensorflow"
-    _tensorflow(report)  # first: Keras on TensorFlow imports it, and this import is the quiet one
-    jax_ok = _jax(report)
+    tf_gpu = _tensorflow(report)  # first: Keras on TensorFlow imports it; this import is quiet
+    jax_ok, jax_gpu = _jax(report)
     report.lines.insert(1, ("keras", f"{_version('keras') or 'not installed'}; backend {backend} "
                                      "(KERAS_BACKEND: tensorflow, the default, or jax)"))
     if backend not in ("tensorflow", "jax"):
@@ -190,9 +169,7 @@ def diagnose() -> Report:
 
         report.add("onnxruntime", f"{ort.__version__}; providers that work: "
                    f"{', '.join(working) or 'none'} (listed: {', '.join(listed)})")
-        gpu_here = Path("/dev/nvidia0").exists() or any(
-            "GPUs: none" not in f and t == "tensorflow" and "GPUs:" in f
-            or t == "jax" and "gpu" in f for t, f in report.lines)
+        gpu_here = tf_gpu or jax_gpu or Path("/dev/nvidia0").exists()
         if "CUDAExecutionProvider" in why and not gpu_here:
             report.add("onnxruntime CUDA", f"unusable ({why['CUDAExecutionProvider']}); no GPU "
                        "here: augment runs on the CPU")

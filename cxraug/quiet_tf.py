@@ -9,10 +9,12 @@ written back (a real warning or an import error still shows).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 #: Start-up notices dropped; anything else TensorFlow prints while loading is kept.
@@ -24,26 +26,41 @@ NOISE = re.compile(
     r"failed call to cuInit|kernel driver does not appear to be running")
 
 
+@contextlib.contextmanager
+def captured_native_output(fds: tuple[int, ...] = (2,)) -> Iterator[list[str]]:
+    """Capture what native libraries print on file descriptors ``fds`` (Python's own streams
+    are flushed around it); the yielded list is filled with the captured lines on exit."""
+    lines: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in fds]
+    with tempfile.TemporaryFile() as sink:
+        for fd in fds:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield lines
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip(fds, saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            lines += sink.read().decode("utf-8", "replace").splitlines()
+
+
 def import_tensorflow() -> Any:
     """``import tensorflow`` (and its first device query) with the start-up notices dropped."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
+    try:
+        with captured_native_output() as printed:
             import tensorflow as tf
 
             tf.config.list_physical_devices("GPU")  # its CUDA probe prints too: once, here
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines()
-                    if line.strip() and not NOISE.search(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
+    finally:
+        kept = [line for line in printed if line.strip() and not NOISE.search(line)]
+        if kept:
+            sys.stderr.write("\n".join(kept) + "\n")
     return tf
