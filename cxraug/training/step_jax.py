@@ -85,15 +85,9 @@ class JaxTrainer(TrainerBase):
         self.d_optimizer.build(self.discriminator.trainable_variables)
         if self.ema_generator is not None:
             self.ema_generator.set_weights(self.generator.get_weights())
-        ema_vars = [] if self.ema_generator is None else self.ema_generator.trainable_variables
         self.state: dict[str, Any] = {
-            "g": [v.value for v in self.generator.trainable_variables],
-            "g_stats": [v.value for v in self.generator.non_trainable_variables],
-            "d": [v.value for v in self.discriminator.trainable_variables],
-            "d_stats": [v.value for v in self.discriminator.non_trainable_variables],
-            "g_opt": [v.value for v in self.g_optimizer.variables],
-            "d_opt": [v.value for v in self.d_optimizer.variables],
-            "ema": [v.value for v in ema_vars],
+            **{key: [v.value for v in variables]
+               for key, variables in self._model_variables().items()},
             "key": jax.random.key_data(jax.random.key(t.seed)),
             "step": jnp.zeros((), jnp.int32),
             "aug_p": jnp.asarray(0.0 if self.ada else 1.0, jnp.float32),
@@ -225,31 +219,26 @@ class JaxTrainer(TrainerBase):
         checkpoint: they read the models)."""
         if self._synced:
             return
-        s = self.state
-        pairs = [(self.generator.trainable_variables, s["g"]),
-                 (self.generator.non_trainable_variables, s["g_stats"]),
-                 (self.discriminator.trainable_variables, s["d"]),
-                 (self.discriminator.non_trainable_variables, s["d_stats"]),
-                 (self.g_optimizer.variables, s["g_opt"]),
-                 (self.d_optimizer.variables, s["d_opt"])]
-        if self.ema_generator is not None:
-            pairs.append((self.ema_generator.trainable_variables, s["ema"]))
-        for variables, values in pairs:
-            for var, value in zip(variables, values, strict=True):
+        for key, variables in self._model_variables().items():
+            for var, value in zip(variables, self.state[key], strict=True):
                 var.assign(value)
         self._synced = True
 
     def state_from_models(self) -> None:
         """Take the Keras models' current values as the state: after weights were put into the
         models outside the step (``load_weights``, a transfer from another run)."""
-        self.state["g"] = [v.value for v in self.generator.trainable_variables]
-        self.state["g_stats"] = [v.value for v in self.generator.non_trainable_variables]
-        self.state["d"] = [v.value for v in self.discriminator.trainable_variables]
-        self.state["d_stats"] = [v.value for v in self.discriminator.non_trainable_variables]
-        self.state["g_opt"] = [v.value for v in self.g_optimizer.variables]
-        self.state["d_opt"] = [v.value for v in self.d_optimizer.variables]
-        if self.ema_generator is not None:
-            self.state["ema"] = [v.value for v in self.ema_generator.trainable_variables]
+        self.state.update({key: [v.value for v in variables]
+                           for key, variables in self._model_variables().items()})
+
+    def _model_variables(self) -> dict[str, list[Any]]:
+        """The Keras variables behind each list of the state."""
+        ema = [] if self.ema_generator is None else self.ema_generator.trainable_variables
+        return {"g": self.generator.trainable_variables,
+                "g_stats": self.generator.non_trainable_variables,
+                "d": self.discriminator.trainable_variables,
+                "d_stats": self.discriminator.non_trainable_variables,
+                "g_opt": self.g_optimizer.variables, "d_opt": self.d_optimizer.variables,
+                "ema": ema}
 
     def generate(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
         self.sync_models()
