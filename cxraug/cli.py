@@ -176,11 +176,14 @@ def train(
         list[str] | None, typer.Option("--set", metavar="<section.key=value>",
                                        help="Override any field (repeatable).")
     ] = None,
-    devices: Annotated[int | None, typer.Option(help="Use the first N accelerators (default: all); the batch is split across them.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Use the first N accelerators (default: all; of each machine); the batch is split across them.")] = None,
+    coordinator: Annotated[str | None, typer.Option(help="Train across machines (JAX): host:port of process 0, or 'auto' under Slurm/Open MPI. Run the same command on every machine; process 0 writes the run.")] = None,
+    processes: Annotated[int | None, typer.Option(help="With --coordinator host:port: how many processes (machines) train together.")] = None,
+    process_id: Annotated[int | None, typer.Option(help="With --coordinator host:port: this process's rank (0 on the coordinator's machine).")] = None,
 ) -> None:
     """Train a conditional GAN from a recipe.
 
-    On TensorFlow by default; KERAS_BACKEND=jax trains with JAX (pip install 'cxraug[jax]').
+    On TensorFlow by default; KERAS_BACKEND=jax trains with JAX (pip install 'cxraug[jax]'), also across machines (--coordinator).
     """
     from .recipe import load_recipe
 
@@ -207,6 +210,15 @@ def train(
         raise CxrError(f"cache {data} not found; {HINTS['--data']}")
     if devices is not None and devices < 1:
         raise CxrError(f"--devices {devices}: give a positive number")
+    cluster = None
+    if coordinator is not None:
+        from .training.cluster import Cluster
+
+        cluster = Cluster(coordinator, processes, process_id)
+        cluster.check()
+    elif processes is not None or process_id is not None:
+        raise CxrError("--processes/--process-id go with --coordinator host:port (training "
+                       "across machines)")
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend not in ("tensorflow", "jax"):
         raise CxrError(f"KERAS_BACKEND={backend}: cxraug trains on tensorflow (the default) or "
@@ -218,10 +230,14 @@ def train(
             raise CxrError("KERAS_BACKEND=jax but JAX is not installed; pip install "
                            "'cxraug[jax]' (CPU) or 'cxraug[jax-cuda]' (NVIDIA GPUs)")
     else:
+        if cluster is not None:
+            raise CxrError("training across machines (--coordinator) runs on JAX: set "
+                           "KERAS_BACKEND=jax on every machine (pip install 'cxraug[jax-cuda]')")
         import_tensorflow()
     from .training.loop import train as run_train
 
-    result = run_train(resolved, data=data, out=out, resume=resume, devices=devices)
+    result = run_train(resolved, data=data, out=out, resume=resume, devices=devices,
+                       cluster=cluster)
     typer.echo(result.summary())
 
 

@@ -131,8 +131,10 @@ def start_jax_side() -> dict[str, object]:
     """Start tests/test_backends.py's two processes in the background (niced: the tests in the
     foreground keep the cores first), so that they overlap the rest of the suite. JAX makes its
     own phantom cache, probes every recipe (saving the weights), and trains: straight, cut at step
-    4 and resumed, and on two forced CPU devices; then TensorFlow probes the same recipes with
+    4 and resumed; then two ``cxraug train`` processes train together (``--coordinator``, two
+    forced CPU devices each: four devices in all); then TensorFlow probes the same recipes with
     those weights."""
+    import socket
     import tempfile
 
     from cxraug.recipe import available_recipes
@@ -145,8 +147,7 @@ def start_jax_side() -> dict[str, object]:
     (root / "weights").mkdir()
     runs = [(root / "a", JAX_OVERRIDES, {"devices": 1}),
             (root / "b", JAX_OVERRIDES, {"devices": 1, "max_steps": 4}),
-            (root / "b", JAX_OVERRIDES, {"devices": 1, "resume": True}),
-            (root / "two", {**JAX_OVERRIDES, "train.epochs": 1}, {})]
+            (root / "b", JAX_OVERRIDES, {"devices": 1, "resume": True})]
     job = {"make_cache": str(root / "cache.h5"), "data": str(root / "cache.h5"),
            "probe": available_recipes(), "weights": str(root / "weights"),
            "runs": [(str(out), o, kw) for out, o, kw in runs],
@@ -162,7 +163,16 @@ def start_jax_side() -> dict[str, object]:
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
                         "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
     py, probe = shlex.quote(sys.executable), shlex.quote(str(JAX_PROBE))
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    sets = " ".join(f"--set {k}={','.join(v) if isinstance(v, list) else v}"
+                    for k, v in {**JAX_OVERRIDES, "train.epochs": 1}.items())
+    worker = (f"{py} -m cxraug.cli train --recipe smoke-32 --data cache.h5 --out cluster {sets} "
+              f"--coordinator localhost:{port} --processes 2 --process-id")
     script = (f"{py} {probe} job.json > stdout 2> stderr && "
+              f"{{ {worker} 1 > p1.out 2> p1.err & {worker} 0 > p0.out 2> p0.err; "
+              "a=$?; wait $!; b=$?; [ $a = 0 ] && [ $b = 0 ]; } && "
               f"KERAS_BACKEND=tensorflow XLA_FLAGS= {py} {probe} tf.json > tf.stdout 2> stderr")
     proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env,
                             preexec_fn=lambda: os.nice(10))

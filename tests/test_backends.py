@@ -1,14 +1,15 @@
 """Keras on TensorFlow and on JAX: the same networks and objectives, one run driver.
 
 Each backend runs in its own process (``KERAS_BACKEND`` is read when Keras is imported). JAX's
-side is one background process (tests/backend_probe.py, started by tests/conftest.py as soon as
-the session is collected, with two forced CPU devices), followed there by TensorFlow's probe with
-the weights it saved, so that both overlap the other tests; the ``jax_side`` fixture waits for
-their results.
+side runs in the background (tests/helpers.py ``start_jax_side``, started by tests/conftest.py as
+soon as the session is collected): tests/backend_probe.py, then two ``cxraug train`` processes
+that train together, then TensorFlow's probe with the weights JAX saved, so that all of it
+overlaps the other tests; the ``jax_side`` fixture waits for their results.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -88,20 +89,31 @@ def test_jax_run_exports_through_tensorflow_and_resumes_only_on_jax(
 
 
 @pytest.mark.slow
-def test_two_devices_give_what_one_device_gives(jax_side: dict) -> None:
-    """Data parallel on two (CPU) devices, same global batch: the first epoch of the one-device
-    run (to float tolerance: the devices sum in another order)."""
-    straight, two = jax_side["runs"][0], jax_side["runs"][3]
+def test_two_processes_train_together_as_one(jax_side: dict) -> None:
+    """Two ``cxraug train --coordinator`` processes (two CPU devices each, gloo between them),
+    same global batch: the first epoch of the one-device run (to float tolerance: the devices
+    sum in another order); only process 0 wrote the run folder."""
+    straight = jax_side["runs"][0]
     root = jax_side["root"]
-    assert len(json.loads((root / "two" / "run.json").read_text())["sessions"][0]["devices"]) == 2
+    session = json.loads((root / "cluster" / "run.json").read_text())["sessions"][0]
+    assert session["processes"] == 2 and len(session["devices"]) == 4
     assert len(json.loads((root / "a" / "run.json").read_text())["sessions"][0]["devices"]) == 1
-    r1, r2 = straight["rows"][0], two["rows"][0]
+    assert "process 1 of 2: finished at step 3/3" in (root / "p1.out").read_text()
+    assert "run cluster: finished, step 3/3" in (root / "p0.out").read_text()
+    with open(root / "cluster" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    r1, r2 = straight["rows"][0], {k: float(v) for k, v in rows[0].items() if v}
     for key in ("d_loss", "g_loss", "d_acc_real", "d_acc_fake", "r_t", "aug_p"):
         assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), (key, r1, r2)
-    a, b = _npz(root / "a/checkpoints/ckpt-3.npz"), _npz(root / "two/checkpoints/ckpt-3.npz")
+    a = _npz(root / "a/checkpoints/ckpt-3.npz")
+    b = _npz(root / "cluster/checkpoints/ckpt-3.npz")
+    assert a.keys() == b.keys()
     for key in a:
         if key.startswith(("g/", "d/", "ema/")):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-3, atol=1e-4, err_msg=key)
+    # one writer: no temporary or stray files of the other process
+    assert sorted(p.name for p in (root / "cluster" / "checkpoints").iterdir()) == [
+        "ckpt-3.npz", "index.json"]
 
 
 def test_training_modules_that_are_shared_stay_backend_neutral() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -186,3 +187,97 @@ def test_train_names_the_backends_it_supports(tmp_path, monkeypatch: pytest.Monk
                  "smoke-32"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: KERAS_BACKEND=torch") and err.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(("args", "env", "start"), [
+    (["--coordinator", "node1"], {}, "error: --coordinator 'node1': give host:port"),
+    (["--coordinator", "node1:123", "--processes", "2"], {}, "error: --coordinator host:port "
+     "needs --processes N and --process-id I"),
+    (["--coordinator", "node1:123", "--processes", "2", "--process-id", "2"], {},
+     "error: --process-id 2: give 0 .. 1"),
+    (["--processes", "2"], {}, "error: --processes/--process-id go with --coordinator"),
+    (["--coordinator", "node1:123", "--processes", "2", "--process-id", "0"],
+     {"KERAS_BACKEND": "tensorflow"}, "error: training across machines (--coordinator) runs "
+     "on JAX"),
+])
+def test_train_across_machines_option_errors(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture, args: list[str],
+                                             env: dict[str, str], start: str) -> None:
+    cache = tmp_path / "c.h5"
+    cache.write_bytes(b"")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["train", "--data", str(cache), "--out", str(tmp_path / "r"), "--recipe",
+                 "smoke-32", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(start) and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_tensorflow_multi_worker_config_points_to_the_jax_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxraug.errors import CxrError
+    from cxraug.training.step_tf import pick_strategy
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(CxrError, match="KERAS_BACKEND=jax cxraug train .* --coordinator"):
+        pick_strategy()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _meet(clusters: list) -> list[str]:
+    """Run the rendezvous of each cluster setting in its own thread: what each one says."""
+    import threading
+
+    from cxraug.errors import CxrError
+    from cxraug.training.cluster import _rendezvous
+
+    said = [""] * len(clusters)
+
+    def one(i: int) -> None:
+        try:
+            _rendezvous(clusters[i])
+            said[i] = "go"
+        except CxrError as exc:
+            said[i] = str(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(clusters))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return said
+
+
+def test_processes_of_a_cluster_meet_before_jax_and_name_what_is_wrong() -> None:
+    """JAX kills a process whose peers never come (a native stack trace); cxraug's rendezvous
+    names the missing or misconfigured process in one line first."""
+    from cxraug.training.cluster import Cluster
+
+    address = f"localhost:{_free_port()}"
+    # process 1 started before process 0: it retries until 0 listens, then both go
+    assert _meet([Cluster(address, 3, 2, 10), Cluster(address, 3, 1, 10),
+                  Cluster(address, 3, 0, 10)]) == ["go"] * 3
+    # nobody at the coordinator's address
+    nobody = _meet([Cluster(f"localhost:{_free_port()}", 2, 1, timeout_s=1)])[0]
+    assert nobody.startswith("could not reach process 0 at localhost:") and "within 1 s" in nobody
+    # process 0 alone: names who is missing
+    alone = _meet([Cluster(f"localhost:{_free_port()}", 3, 0, timeout_s=1)])[0]
+    assert "process(es) 1, 2 of 3 did not join within 1 s" in alone
+    # a different --processes, and a rank given twice: both sides stop and say why
+    address = f"localhost:{_free_port()}"
+    said = _meet([Cluster(address, 2, 0, 10), Cluster(address, 3, 1, 10)])
+    assert all("a process was started with --processes 3, process 0 with 2" in m for m in said)
+    address = f"localhost:{_free_port()}"
+    said = _meet([Cluster(address, 2, 0, 2), Cluster(address, 2, 0, 2)])
+    assert any("cannot listen on port" in m or "--process-id 0" in m for m in said), said
+    for message in said:
+        assert "\n" not in message

@@ -135,9 +135,17 @@ class CacheDataset:
             labels = self.multi_hot[positions].astype(np.float32)
         return images, labels
 
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """uint8 images ``[B, H, W]`` and labels for the steps of ``epoch`` from ``start_step``."""
+    def batches(self, epoch: int, start_step: int = 0, part: tuple[int, int] = (0, 1),
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """uint8 images ``[B, H, W]`` and labels for the steps of ``epoch`` from ``start_step``.
+
+        ``part=(i, n)``: only the i-th of n equal slices of every batch (process i of n that
+        train together reads its own rows; the plan is the same on every process)."""
+        index, count = part
         plan = self.epoch_plan(epoch)
+        if plan.shape[1] % count:
+            raise ValueError(f"a batch of {plan.shape[1]} does not split into {count} parts")
+        plan = plan.reshape(plan.shape[0], count, -1)[:, index]
         with h5py.File(self.path, "r") as handle:
             for positions in plan[start_step:]:
                 yield self.read_batch(handle, positions)
@@ -164,17 +172,17 @@ class CacheDataset:
         return ds.prefetch(self.prefetch)
 
 
-    def numpy_batches(self, epoch: int, start_step: int = 0,
+    def numpy_batches(self, epoch: int, start_step: int = 0, part: tuple[int, int] = (0, 1),
                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """What :meth:`dataset` yields, as numpy arrays read ahead by one thread (no TensorFlow:
-        the JAX step's input)."""
+        """What :meth:`dataset` yields (``part``: see :meth:`batches`), as numpy arrays read
+        ahead by one thread (no TensorFlow: the JAX step's input)."""
         queue: Queue[Any] = Queue(maxsize=max(1, int(self.prefetch)))
         stop = threading.Event()
         done = object()
 
         def reader() -> None:
             try:
-                for images, labels in self.batches(epoch, start_step):
+                for images, labels in self.batches(epoch, start_step, part):
                     if stop.is_set():
                         return
                     x = (images.astype(np.float32) - 127.5) / 127.5

@@ -34,6 +34,7 @@ from ..errors import CxrError
 from ..io_utils import write_text_atomic
 from ..progress import progress_bar
 from ..recipe import Recipe, load_recipe
+from .cluster import Cluster, join
 from .dataset import CacheDataset
 from .run import (
     BEST_PREFIX,
@@ -82,9 +83,14 @@ class TrainResult:
     checkpoint: str | None = None
     end_step: int = 0
     batch_size: int = 0
+    process: tuple[int, int] = (0, 1)  # (rank, processes) of a run across machines
 
     def summary(self) -> str:
         kimg = self.step * self.batch_size / 1000.0
+        if self.process[0] > 0:
+            return (f"process {self.process[0]} of {self.process[1]}: {self.status} at step "
+                    f"{self.step}/{self.end_step} ({kimg:.1f} kimg); process 0 wrote run "
+                    f"{self.run_dir}")
         lines = [f"run {self.run_dir}: {self.status}, step {self.step}/{self.end_step} "
                  f"({kimg:.1f} kimg, {self.epochs_done}/{self.epochs} epochs), "
                  f"{self.wall_s:.1f} s this session"]
@@ -155,13 +161,17 @@ def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
 class _Run:
     """Bookkeeping of one training session in a run folder (logs, metrics, checkpoints)."""
 
-    def __init__(self, paths: RunPaths, info: dict[str, Any], progress: bool) -> None:
+    def __init__(self, paths: RunPaths, info: dict[str, Any], progress: bool,
+                 chief: bool = True) -> None:
         self.paths = paths
         self.info = info
-        self.progress = progress
+        self.progress = progress and chief
+        self.chief = chief  # only the chief of several processes writes (see .cluster)
         self.bar: Any = None  # a progress bar while training runs
 
     def log(self, message: str, echo: bool = False) -> None:
+        if not self.chief:
+            return
         with open(self.paths.log, "a", encoding="utf-8") as handle:
             handle.write(f"{_now()} {message}\n")
         if echo or self.progress:
@@ -169,7 +179,8 @@ class _Run:
 
     def save_info(self, **changes: Any) -> None:
         self.info.update(changes)
-        write_run_json(self.paths.root, self.info)
+        if self.chief:
+            write_run_json(self.paths.root, self.info)
 
 
 @contextlib.contextmanager
@@ -202,14 +213,21 @@ def train(
     progress: bool = True,
     max_steps: int | None = None,
     devices: int | None = None,
+    cluster: Cluster | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on the cache ``data`` into the run folder ``out`` (``cxraug train``).
 
     ``max_steps`` stops after that many steps in total (saving a checkpoint), for tests and
     benchmarks; the run can be resumed like an interrupted one. On CPU, kernels run
     deterministically so that ``--seed`` reproduces a run exactly. ``devices``: use the first N
-    accelerators (default: all).
+    accelerators (default: all; of each process). ``cluster``: train with the other processes of
+    a ``jax.distributed`` cluster, one per machine (:mod:`.cluster`; process 0 writes the run).
     """
+    if cluster is not None:
+        if backend() != "jax":
+            raise CxrError("training across machines (--coordinator) runs on JAX: set "
+                           "KERAS_BACKEND=jax on every machine (pip install 'cxraug[jax-cuda]')")
+        join(cluster)
     on_gpu = _on_gpu()
     with _op_determinism(not on_gpu):
         return _train(recipe, data, out, resume, progress, max_steps, on_gpu, devices)
@@ -272,10 +290,14 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     # Reproducibility: seeded weights, seeded noise, and deterministic kernels on CPU.
     keras.utils.set_random_seed(t.seed)
     trainer = make_trainer(recipe, dataset.num_classes, devices)
+    chief = trainer.is_chief
+    # every process has checked the folder (above) before the chief writes into it
+    trainer.barrier("checked")
 
-    out.mkdir(parents=True, exist_ok=True)
-    paths.samples.mkdir(exist_ok=True)
-    paths.checkpoints.mkdir(exist_ok=True)
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+        paths.samples.mkdir(exist_ok=True)
+        paths.checkpoints.mkdir(exist_ok=True)
     store = trainer.checkpoints(paths.checkpoints, t.keep_checkpoints, CHECKPOINT_PREFIX)
     index = read_checkpoint_index(out)
     restored = None
@@ -299,14 +321,16 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     info["sessions"] = list(info.get("sessions", [])) + [{
         "started": _now(), "command": shlex.join(sys.argv), "resumed_from":
         restored["name"] if restored else None, "replicas": trainer.replicas,
-        "devices": trainer.devices(), "versions": _versions()}]
-    run = _Run(paths, info, progress)
-    write_text_atomic(paths.recipe, recipe.to_toml())
+        "devices": trainer.devices(), "processes": trainer.process_count,
+        "versions": _versions()}]
+    run = _Run(paths, info, progress, chief)
+    if chief:
+        write_text_atomic(paths.recipe, recipe.to_toml())
+        if not paths.grid_z.is_file():
+            with open(paths.grid_z, "wb") as handle:
+                np.save(handle, grid_latents(recipe.model.latent_dim, t.grid_columns, t.seed))
+    grid_z = np.load(paths.grid_z) if chief else None
     run.save_info(status="running", ended=None, epochs=t.epochs, error=None)
-    if not paths.grid_z.is_file():
-        with open(paths.grid_z, "wb") as handle:
-            np.save(handle, grid_latents(recipe.model.latent_dim, t.grid_columns, t.seed))
-    grid_z = np.load(paths.grid_z)
     run.log(f"{'resumed from ' + restored['name'] if restored else 'started'}: recipe "
             f"{recipe.name}, {dataset.n} images of {dataset.num_classes} classes, "
             f"{dataset.steps_per_epoch} steps/epoch, {trainer.replicas} replica(s)")
@@ -330,13 +354,13 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     label_pool = dataset.multi_hot.astype(np.float32) if trainer.label_key == LABELS else \
         dataset.labels.astype(np.int32)
     tracker = None
-    if t.eval_every:
+    if t.eval_every and chief:
         tracker = RealismTracker(data, label_pool, recipe.model.latent_dim, t.eval_images,
                                  t.seed)
         best = [e for e in read_checkpoint_index(out) if e.get("reason") == "best"]
         tracker.best = best[-1]["c2st_val"] if best else None
     metrics = _read_metrics(paths.metrics, epochs_done)
-    writer = event_writer(paths.tensorboard, trainer.backend_name)
+    writer = event_writer(paths.tensorboard, trainer.backend_name if chief else "")
     if trainer.backend_name != "tensorflow":
         run.log(f"note: no TensorBoard events on {trainer.backend_name} (metrics.csv and "
                 "samples/ hold the numbers and grids)")
@@ -348,17 +372,24 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     def run_seconds() -> float:
         return seconds_before + time.perf_counter() - session_start
 
-    def out_of_time() -> bool:
-        return t.minutes > 0 and run_seconds() >= 60.0 * t.minutes
+    def out_of_time(check: bool = True) -> bool:
+        """The ``train.minutes`` budget is spent (several processes: the chief's clock decides,
+        read only where ``check``, so that every process stops at the same step)."""
+        if t.minutes <= 0 or not check:
+            return False
+        return trainer.agree(run_seconds() >= 60.0 * t.minutes)
 
     def write_index(entries: list[dict[str, Any]]) -> None:
         write_text_atomic(paths.checkpoint_index, _json(entries))
 
     def save_checkpoint(reason: str) -> str:
         nonlocal last_ckpt
+        s, e = trainer.step_count(), trainer.epoch_count()
+        if not chief:
+            last_ckpt = f"{CHECKPOINT_PREFIX}-{s}"
+            return last_ckpt
         trainer.standing_statistics(label_pool)
         trainer.set_run_seconds(run_seconds())
-        s, e = trainer.step_count(), trainer.epoch_count()
         name = store.save(s)
         kept = store.kept()
         entries = [x for x in read_checkpoint_index(out) if x["name"] != name
@@ -402,7 +433,9 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                 trainer.train_step(real, labels)  # queued on the device; nothing read back
                 step += 1
                 run.bar.update(1)
-                stopping = step >= limit or out_of_time()
+                # several processes agree on the clock only where they fetch numbers anyway
+                stopping = step >= limit or out_of_time(
+                    trainer.process_count == 1 or step % FETCH_EVERY == 0)
                 if step % FETCH_EVERY == 0 or stopping:
                     _check_finite(trainer, spe)
                     losses = trainer.last_losses()
@@ -424,7 +457,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                    **trainer.epoch_means(), "wall_s": wall,
                    "img_per_s": done_in_epoch * t.batch_size / max(wall, 1e-9)}
             last = budget_spent
-            if (epoch + 1) % t.sample_every == 0 or last:
+            if chief and ((epoch + 1) % t.sample_every == 0 or last):
                 trainer.standing_statistics(label_pool)
                 images, names = generate_grid(trainer.sample_generator, grid_z,
                                               dataset.class_names, trainer.label_mode)
@@ -442,7 +475,8 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                         f"{result['c2st_val']:.3f}, near-copies {result['near_copy']:.1%}, "
                         f"diversity {result['diversity']:.2f}{' (best so far)' if best else ''}")
             metrics.append(row)
-            _write_metrics(paths.metrics, metrics)
+            if chief:
+                _write_metrics(paths.metrics, metrics)
             if complete:  # only now: a Ctrl-C before this point redoes the row on --resume
                 trainer.set_epoch(epoch + 1)
                 in_epoch = 0
@@ -455,7 +489,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
             if (epoch + 1) % t.checkpoint_every == 0 or last or stop:
                 save_checkpoint("budget" if last and not complete else "epoch")
             if last:
-                if out_of_time() and step < end_step:
+                if step < end_step:
                     run.log(f"time budget of {t.minutes:g} min reached at step {step}",
                             echo=True)
                 status = "finished"
@@ -496,7 +530,8 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     return TrainResult(run_dir=out, status=status, epochs_done=trainer.epoch_count(),
                        epochs=n_epochs, step=step, metrics=metrics,
                        wall_s=wall, checkpoint=last_ckpt, end_step=end_step,
-                       batch_size=t.batch_size)
+                       batch_size=t.batch_size, process=(trainer.process_index,
+                                                         trainer.process_count))
 
 
 def _check_finite(trainer: TrainerBase, steps_per_epoch: int) -> None:

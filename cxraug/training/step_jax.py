@@ -7,8 +7,9 @@ PRNG key, step, ADA's probability, the epoch's sums) lives on the device between
 driver reads numbers back every few steps. Several devices of one machine: the weights are
 replicated and each batch is split across the devices along its first axis (``jax.sharding``);
 XLA then computes what one device computes on the whole batch (batch-norm statistics included),
-so a run's numbers do not depend on the number of devices (to float rounding). Several processes
-(``jax.distributed``) are refused for now: every process would write the same run folder.
+so a run's numbers do not depend on the number of devices (to float rounding). Several
+processes (``jax.distributed``, one per machine, see :mod:`.cluster`): the same, over all devices
+of all processes; each process reads and feeds only its own share of every batch.
 
 Differences from the TensorFlow step, on purpose: ``train.mixed_precision`` means bfloat16 here
 (no loss scaling needed; float16 is TensorFlow's GPU path); in the paper's half-batch mode a
@@ -62,21 +63,23 @@ class JaxTrainer(TrainerBase):
     def __init__(self, recipe: Recipe, num_classes: int, devices: int | None = None) -> None:
         from ..errors import CxrError
 
-        if jax.process_count() > 1:
-            raise CxrError("jax.distributed runs several processes: training across machines is "
-                           "not supported yet (each would write the same run folder); train on "
-                           "one machine, on all its GPUs")
         use_compilation_cache()
         super().__init__(recipe, num_classes, replicas=1)
         t = recipe.train
-        devices = jax.devices()[:devices]
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        # the first `devices` of every process, process by process: each process's devices are
+        # then one contiguous slice of the batch axis, the rows it reads (`batches`)
+        chosen = [d for p in range(self.process_count) for d in sorted(
+            (d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)[:devices]]
         self.mesh = None
-        if len(devices) > 1:
-            unit = 2 * len(devices) if self.half else len(devices)
+        if len(chosen) > 1:
+            unit = 2 * len(chosen) if self.half else len(chosen)
             if t.batch_size % unit:
+                where = (f"{len(chosen)} devices of {self.process_count} processes"
+                         if self.process_count > 1 else f"{len(chosen)} devices")
                 raise CxrError(f"train.batch_size {t.batch_size} must be divisible by {unit} "
-                               f"({len(devices)} devices{', half batches' if self.half else ''})")
-            self.mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+                               f"({where}{', half batches' if self.half else ''})")
+            self.mesh = jax.sharding.Mesh(np.array(chosen), ("batch",))
         with dtype_policy("mixed_bfloat16" if self.mixed else None):
             self._build_models()
         self.g_optimizer = self._adam(t.g_lr)
@@ -96,9 +99,7 @@ class JaxTrainer(TrainerBase):
             "bad_step": jnp.asarray(-1, jnp.int32),
             "bad_values": jnp.zeros((5,), jnp.float32),
         }
-        if self.mesh is not None:
-            replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-            self.state = jax.device_put(self.state, replicated)
+        self.state = self._replicate(self.state)
         # host-side counters, checkpointed with the state
         self.host = {"epoch": 0, "epoch_wall": 0.0, "run_seconds": 0.0}
         self._step = jax.jit(self._pure_step, donate_argnums=(0,))
@@ -201,11 +202,42 @@ class JaxTrainer(TrainerBase):
         return new_state, dict(zip(SUM_KEYS[:5], values, strict=True))
 
     def _place(self, batch: np.ndarray) -> Any:
-        """A batch as the step takes it: split across the devices along its first axis."""
+        """A batch as the step takes it: split across the devices along its first axis. With
+        several processes ``batch`` is this process's share, and the step sees the whole."""
         if self.mesh is None:
             return batch
-        return jax.device_put(
-            batch, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("batch")))
+        split = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("batch"))
+        if self.process_count == 1:
+            return jax.device_put(batch, split)
+        return jax.make_array_from_process_local_data(
+            split, batch, (batch.shape[0] * self.process_count, *batch.shape[1:]))
+
+    def _replicate(self, tree: Any) -> Any:
+        """State on every device of the mesh (every process holds the same values)."""
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec()))
+
+    @staticmethod
+    def _local(value: Any) -> Any:
+        """This process's copy of a replicated array (the Keras models run on one device)."""
+        if getattr(value, "is_fully_addressable", True):
+            return value
+        return value.addressable_data(0)
+
+    def agree(self, flag: bool) -> bool:
+        if self.process_count == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(flag))))
+
+    def barrier(self, name: str) -> None:
+        if self.process_count > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"cxraug-{name}")
 
     def train_step(self, real: Any, labels: Any) -> dict[str, Any]:
         """One full step. Returns the step's numbers as device arrays; nothing is read back."""
@@ -221,14 +253,14 @@ class JaxTrainer(TrainerBase):
             return
         for key, variables in self._model_variables().items():
             for var, value in zip(variables, self.state[key], strict=True):
-                var.assign(value)
+                var.assign(self._local(value))
         self._synced = True
 
     def state_from_models(self) -> None:
         """Take the Keras models' current values as the state: after weights were put into the
         models outside the step (``load_weights``, a transfer from another run)."""
-        self.state.update({key: [v.value for v in variables]
-                           for key, variables in self._model_variables().items()})
+        self.state.update(self._replicate({key: [v.value for v in variables]
+                                           for key, variables in self._model_variables().items()}))
 
     def _model_variables(self) -> dict[str, list[Any]]:
         """The Keras variables behind each list of the state."""
@@ -256,7 +288,8 @@ class JaxTrainer(TrainerBase):
 
     # ------------------------------------------------------------- what the run driver uses
     def batches(self, dataset: Any, epoch: int, start_step: int) -> Any:
-        return dataset.numpy_batches(epoch, start_step)
+        return dataset.numpy_batches(epoch, start_step,
+                                     part=(self.process_index, self.process_count))
 
     def last_losses(self) -> dict[str, float]:
         return {k: float(v) for k, v in self._last.items()}
@@ -290,7 +323,7 @@ class JaxTrainer(TrainerBase):
         return float(self.host["epoch_wall"])
 
     def reset_epoch_sums(self) -> None:
-        self.state["sums"] = jnp.zeros((6,), jnp.float32)
+        self.state["sums"] = self._replicate(jnp.zeros((6,), jnp.float32))
         self.host["epoch_wall"] = 0.0
 
     def _sums_and_p(self) -> tuple[np.ndarray, float]:
@@ -343,10 +376,7 @@ class JaxTrainer(TrainerBase):
                 state[name] = [jnp.asarray(a, dtype=v.dtype) for a in arrays]
             else:
                 state[name] = jnp.asarray(data[name], dtype=value.dtype)
-        if self.mesh is not None:
-            state = jax.device_put(state, jax.sharding.NamedSharding(
-                self.mesh, jax.sharding.PartitionSpec()))
-        self.state = state
+        self.state = self._replicate(state)
         self.host = {k: (int if k == "epoch" else float)(data[f"host/{k}"]) for k in self.host}
         self._synced = False
         self.sync_models()

@@ -30,9 +30,10 @@ def pick_strategy(devices: int | None = None) -> tf.distribute.Strategy:
 
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
     if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
-        raise CxrError("TF_CONFIG names several workers: training across machines is not "
-                       "supported yet (each worker would write the same run folder); train on "
-                       "one machine, on all its GPUs")
+        raise CxrError("TF_CONFIG names several workers: cxraug trains across machines on "
+                       "JAX, not with TensorFlow's MultiWorkerMirroredStrategy; unset TF_CONFIG "
+                       "and run KERAS_BACKEND=jax cxraug train ... --coordinator host:port "
+                       "(README: Training on a cluster)")
     gpus = tf.config.list_logical_devices("GPU")[:devices]
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([g.name for g in gpus])

@@ -227,6 +227,22 @@ class TrainerBase:
         return ops.where(due, moved, aug_p), ops.where(due, ops.zeros((2,), "float32"), acc)
 
     # ------------------------------------------------------------- what the run driver uses
+    #: This process's rank among the processes that train together, and their number; the
+    #: chief (rank 0) is the one that writes the run folder (see :mod:`.cluster`).
+    process_index = 0
+    process_count = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.process_index == 0
+
+    def agree(self, flag: bool) -> bool:
+        """The chief's ``flag`` on every process (decisions taken from a process's own clock)."""
+        return flag
+
+    def barrier(self, name: str) -> None:
+        """Wait until every process got here (one process: nothing to wait for)."""
+
     def step_count(self) -> int:
         raise NotImplementedError
 

@@ -1,0 +1,157 @@
+"""Training across machines: one process per machine, joined with ``jax.distributed``.
+
+Every process runs the same ``cxraug train`` command on the same cache (a shared file system);
+each reads only its share of every global batch, the weights are replicated on all devices of
+all processes, and XLA's collectives (NCCL on GPUs, gloo on CPUs) make the step compute what one
+process computes on the whole batch. Process 0, the chief, is the only one that writes the run
+folder (log, run.json, metrics, samples, checkpoints); the others only train. Where a decision
+depends on a process's own clock (the ``train.minutes`` budget), every process takes the
+chief's answer, so that all of them run the same steps.
+
+TensorFlow's MultiWorkerMirroredStrategy is not used: JAX is the backend that trains on GPUs
+(CUDA 13) and needs no per-worker checkpoint folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import CxrError
+
+#: ``--coordinator auto``: let JAX read the cluster from its environment (Slurm, Open MPI, ...).
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """How this process joins a training cluster (``cxraug train --coordinator ...``)."""
+
+    coordinator: str  # "host:port" of process 0, or AUTO
+    processes: int | None = None
+    process_id: int | None = None
+    timeout_s: int = 300
+
+    def check(self) -> None:
+        """Option errors, before anything starts (one line each)."""
+        if self.coordinator != AUTO:
+            host, sep, port = self.coordinator.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise CxrError(f"--coordinator {self.coordinator!r}: give host:port of process "
+                               "0 (e.g. node001:12355), or 'auto' under Slurm/Open MPI")
+            if self.processes is None or self.process_id is None:
+                raise CxrError("--coordinator host:port needs --processes N and --process-id I "
+                               "(0 on the coordinator's machine)")
+        if self.processes is not None and self.processes < 1:
+            raise CxrError(f"--processes {self.processes}: give a positive number")
+        if self.process_id is not None and not (
+                0 <= self.process_id < (self.processes or self.process_id + 1)):
+            raise CxrError(f"--process-id {self.process_id}: give 0 .. "
+                           f"{(self.processes or 1) - 1}")
+
+
+def join(cluster: Cluster) -> None:
+    """Start ``jax.distributed`` (before JAX computes anything in this process).
+
+    With ``host:port`` the processes first meet on that port (:func:`_rendezvous`): JAX ends
+    the whole process with a native stack trace when a peer never shows up, so the missing
+    processes are named here, in one line, before JAX is asked."""
+    import jax
+
+    cluster.check()
+    if cluster.coordinator != AUTO:
+        _rendezvous(cluster)
+    # CPU devices of several processes talk through gloo (GPUs use NCCL regardless)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs: dict[str, object] = {"initialization_timeout": int(cluster.timeout_s)}
+    if cluster.coordinator != AUTO:
+        kwargs.update(coordinator_address=cluster.coordinator,
+                      num_processes=cluster.processes, process_id=cluster.process_id)
+    try:
+        jax.distributed.initialize(**kwargs)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - JAX raises bare RuntimeError/ValueError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = ("the cluster's environment" if cluster.coordinator == AUTO
+                 else f"coordinator {cluster.coordinator}")
+        raise CxrError(f"could not join the training cluster ({where}): {first}; start the "
+                       "same command on every machine, process 0 on the coordinator's") from None
+
+
+def _rendezvous(cluster: Cluster) -> None:
+    """Process 0 listens on the coordinator's port until the other ``processes - 1`` have said
+    who they are (the same count, distinct ranks), then tells them to go and frees the port
+    for JAX's coordination service; each other process connects (retrying: process 0 may start
+    later), says ``cxraug <processes> <rank>`` and waits for ``go``. Within ``timeout_s``."""
+    import socket
+    import time
+
+    host, _, port = cluster.coordinator.rpartition(":")
+    n, rank = int(cluster.processes or 1), int(cluster.process_id or 0)
+    deadline = time.monotonic() + cluster.timeout_s
+    fix = "start the same command on every machine, with --process-id 0 .. " + str(n - 1)
+    if rank != 0:
+        while True:
+            try:
+                conn = socket.create_connection((host, int(port)), timeout=2.0)
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise CxrError(f"could not reach process 0 at {cluster.coordinator} within "
+                                   f"{cluster.timeout_s} s ({exc.strerror or exc}); {fix}"
+                                   ) from None
+                time.sleep(0.5)
+        with conn:
+            conn.sendall(f"cxraug {n} {rank}\n".encode())
+            conn.settimeout(max(1.0, deadline - time.monotonic()))
+            try:
+                answer = conn.makefile("r").readline().strip()
+            except OSError:
+                answer = ""
+        if answer != "go":
+            reason = answer.removeprefix("abort ") if answer else (
+                f"process 0 did not see all {n} processes within {cluster.timeout_s} s")
+            raise CxrError(f"training cluster at {cluster.coordinator}: {reason}; {fix}")
+        return
+
+    peers: dict[int, socket.socket] = {}
+    message = b"abort process 0 stopped\n"
+    try:
+        with socket.create_server(("", int(port))) as server:
+            server.settimeout(0.5)
+            while len(peers) < n - 1:
+                if time.monotonic() >= deadline:
+                    missing = sorted(set(range(1, n)) - set(peers))
+                    raise CxrError(f"training cluster at {cluster.coordinator}: process(es) "
+                                   f"{', '.join(map(str, missing))} of {n} did not join within "
+                                   f"{cluster.timeout_s} s; {fix}")
+                try:
+                    conn, _ = server.accept()
+                    conn.settimeout(5.0)
+                    hello = conn.makefile("r").readline().split()
+                except OSError:  # TimeoutError included: nobody yet
+                    continue
+                if len(hello) != 3 or hello[0] != "cxraug" or not hello[1].isdigit() or \
+                        not hello[2].isdigit():
+                    conn.close()  # not one of ours (a port scan, a health check)
+                    continue
+                count, other = int(hello[1]), int(hello[2])
+                problem = (f"a process was started with --processes {count}, process 0 with {n}"
+                           if count != n else
+                           f"two processes were started with --process-id {other}"
+                           if other == 0 or other in peers else None)
+                peers[other if problem is None else -1] = conn
+                if problem:
+                    raise CxrError(f"training cluster at {cluster.coordinator}: {problem}; {fix}")
+        message = b"go\n"
+    except CxrError as exc:
+        message = f"abort {str(exc).split(': ', 1)[-1].split('; ')[0]}\n".encode()
+        raise
+    except OSError as exc:
+        raise CxrError(f"cannot listen on port {port} for the training cluster "
+                       f"({exc.strerror or exc}); choose another --coordinator port") from None
+    finally:
+        for conn in peers.values():
+            with conn:
+                try:
+                    conn.sendall(message)
+                except OSError:
+                    pass
