@@ -3,15 +3,22 @@
 Usage (from the repository root, with the NIH sample beside the checkout):
 
     python benchmarks/prepare.py [--sample ../shared/nih-sample] [--workers 2] [--size 128]
+                                 [--images N] [--downsample 512] [--repeat 10]
 
-1. Limit: the rate at which Pillow alone decodes the sample's PNGs on one core
-   (``Image.open(p).load()``), times the number of workers. Measured in the same run, before and
-   after ours, after one pass that warms the page cache (prepare then reads warm files too). Also
-   measured directly: that many Pillow-only processes decoding the files at once (the honest limit
-   on a shared machine, where the scheduler shares CPU between sessions). And per CPU second, which
-   no contention distorts.
+``--images N`` takes the first N images only (start-up weighs more); ``--downsample 512`` first
+writes a 512x512 PNG copy of each (Lanczos, Pillow's default PNG compression), as the downsampled
+NIH copies that circulate are.
+
+1. Limits: the rate at which Pillow alone decodes the sample's PNGs on one core
+   (``Image.open(p).load()``), times the number of workers; and the rate of decoding + converting
+   + resizing to ``--size`` (``load_gray``, the work prepare cannot skip), times the workers.
+   Measured in the same run, before and after ours, after one pass that warms the page cache
+   (prepare then reads warm files too). Also measured directly: that many Pillow-only processes
+   decoding the files at once (the honest limit on a shared machine, where the scheduler shares
+   CPU between sessions). And per CPU second, which no contention distorts.
 2. Ours: ``prepare`` on all 401 images (every label kept), wall time of the whole call: label
-   reading, indexing, decoding, resizing, HDF5 writing and the atomic rename.
+   reading, indexing, decoding, resizing, HDF5 writing and the atomic rename. Its start-up: the
+   same call on one image.
 3. Memory: ``prepare`` in a fresh process for N=401 and for N=4,010 (the sample repeated ten times
    under distinct names, hard links in a temporary root); the peak of the summed RSS of that process
    and its decoder children, sampled from /proc every 20 ms (in runs separate from the timed one).
@@ -32,6 +39,8 @@ import threading
 import time
 from pathlib import Path
 
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -46,6 +55,41 @@ def pillow_rate(paths: list[Path]) -> tuple[float, float]:
             im.load()
     return (len(paths) / (time.perf_counter() - start),
             len(paths) / (time.process_time() - cpu))
+
+
+def gray_rate(paths: list[Path], size: int) -> float:
+    """Images per wall second of decode + gray + resize (``load_gray``) on one core."""
+    from cxraug.data.images import load_gray
+
+    start = time.perf_counter()
+    for p in paths:
+        load_gray(p, size)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def make_subset(sample: Path, tmp: Path, images: int | None, downsample: int | None,
+                ) -> Path:
+    """The first ``images`` rows of the sample (all by default), copied, or written at
+    ``downsample`` x ``downsample``; a folder with ``images/`` and its Data_Entry_2017.csv."""
+    from PIL import Image
+
+    from cxraug.data.labels import read_nih_csv
+    from cxraug.data.nih import IMAGE_INDEX, write_nih_csv
+
+    frame = read_nih_csv(sample / "Data_Entry_2017.csv")
+    frame = frame[[(sample / "images" / n).is_file() for n in frame[IMAGE_INDEX]]]
+    frame = frame.sort_values(IMAGE_INDEX).head(images or len(frame))
+    root = tmp / f"subset-{images}-{downsample}"
+    (root / "images").mkdir(parents=True)
+    for name in frame[IMAGE_INDEX]:
+        if downsample:
+            with Image.open(sample / "images" / name) as im:
+                im.convert("L").resize((downsample, downsample), Image.Resampling.LANCZOS).save(
+                    root / "images" / name)
+        else:
+            shutil.copyfile(sample / "images" / name, root / "images" / name)
+    write_nih_csv(frame, root / "Data_Entry_2017.csv")
+    return root
 
 
 def _decode_all(paths: list[Path]) -> None:
@@ -176,6 +220,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=10,
                         help="N multiplier for the memory test (1: skip it)")
+    parser.add_argument("--images", type=int, default=None, help="the first N images only")
+    parser.add_argument("--downsample", type=int, default=None,
+                        help="prepare PNG copies at this size first (e.g. 512)")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -183,24 +230,33 @@ def main() -> None:
         child(root, csv_path, out, int(size), int(workers))
         return
 
-    sample = args.sample
-    paths = sorted((sample / "images").glob("*.png"))
-    if not paths:
-        raise SystemExit(f"no PNGs under {sample / 'images'}")
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
-          f"{len(paths)} PNGs; workers {args.workers}; size {args.size}")
-    for p in paths:  # warm the page cache for both sides
-        p.read_bytes()
-
     with tempfile.TemporaryDirectory(prefix="cxraug-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        sample = args.sample
+        if args.images or args.downsample:
+            sample = make_subset(sample, tmp, args.images, args.downsample)
+        paths = sorted((sample / "images").glob("*.png"))
+        if not paths:
+            raise SystemExit(f"no PNGs under {sample / 'images'}")
+        with Image.open(paths[0]) as im:
+            shape = "x".join(map(str, im.size))
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+              f"{len(paths)} PNGs of {shape}; workers {args.workers}; size {args.size}")
+        for p in paths:  # warm the page cache for both sides
+            p.read_bytes()
+        one = make_subset(sample, tmp, 1, None)
         base, base_cpu = pillow_rate(paths)
+        gray = gray_rate(paths, args.size)
         par = parallel_pillow_rate(paths, args.workers)
         small_args = [sys.executable, __file__, "--child", str(sample),
                       str(sample / "Data_Entry_2017.csv"), str(tmp / "small.h5"), str(args.size),
                       str(args.workers)]
         _, ours = peak_memory_run(small_args, sample_memory=False)  # timing: nothing else runs
+        _, first = peak_memory_run(
+            [sys.executable, __file__, "--child", str(one), str(one / "Data_Entry_2017.csv"),
+             str(tmp / "one.h5"), str(args.size), str(args.workers)], sample_memory=False)
         par_after = parallel_pillow_rate(paths, args.workers)
+        gray_after = gray_rate(paths, args.size)
         after, after_cpu = pillow_rate(paths)  # once more: the machine is shared, bracket ours
         par_mean = (par + par_after) / 2
         rate = ours["n"] / ours["seconds"]
@@ -213,6 +269,16 @@ def main() -> None:
               f"{ours['seconds']:.2f} s wall)")
         print(f"ratio prepare / limit      : {rate / limit:7.3f}  (target >= 0.85; wall clock: "
               "meaningful on an otherwise idle machine)")
+        gray_limit = (gray + gray_after) / 2 * args.workers
+        print(f"decode + gray + resize to {args.size}, 1 core: {gray:.1f} img/s (after: "
+              f"{gray_after:.1f}); x {args.workers} = {gray_limit:.1f} img/s; the resize costs "
+              f"{limit / gray_limit - 1:.1%} of decoding")
+        print(f"ratio prepare / that limit : {rate / gray_limit:7.3f}  (the work prepare cannot "
+              "skip)")
+        print(f"start-up (prepare of 1 image): {first['seconds']:.3f} s = "
+              f"{first['seconds'] / ours['seconds']:.1%} of this run; ratio without it "
+              f"{ours['n'] / max(ours['seconds'] - first['seconds'], 1e-9) / gray_limit:.3f} of "
+              "decode + resize")
         print(f"{args.workers} Pillow processes at once : {par_mean:7.1f} img/s (before {par:.1f}, "
               f"after {par_after:.1f})")
         print(f"ratio prepare / that       : {rate / par_mean:7.3f}  (the same limit, measured "
