@@ -18,6 +18,13 @@ once and is cached under the temp folder. ``--model`` benchmarks any exported fi
 ``--filters``: the cost of augment's filters against the same augment without them, on the
 
     python benchmarks/augment.py --filters [--per-class 100] [--judge DIR --data CACHE]
+
+``--memory``: peak memory against the number of images: ``cxraug augment`` with the shipped
+default model in a fresh process for ``--per-class`` N and 10 N images per class (15 classes),
+at the model's size and, with ``--output-size 1024``, at NIH's; the peak RSS of each process
+(``wait4``'s ``ru_maxrss``) and its images/s. Flat memory means a ratio near 1.
+
+    python benchmarks/augment.py --memory [--per-class 100] [--output-size 1024]
 """
 
 from __future__ import annotations
@@ -206,12 +213,48 @@ def filters_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def memory_main(args: argparse.Namespace) -> int:
+    """Peak RSS of ``cxraug augment`` for N and 10 N images per class, each in a fresh process."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    code = "import sys; from cxraug.cli import main; sys.exit(main(sys.argv[1:]))"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for per_class in (args.per_class, 10 * args.per_class):
+            out = Path(tmp) / f"aug{per_class}"
+            cmd = [sys.executable, "-c", code, "augment", "--per-class", str(per_class), "--out",
+                   str(out)]
+            if args.output_size:
+                cmd += ["--output-size", str(args.output_size)]
+            start = time.perf_counter()
+            with open(Path(tmp) / "stderr", "w") as err:  # progress bars, an error
+                proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=err)
+                _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - start
+            if status != 0:
+                raise SystemExit(f"augment failed: {cmd}\n"
+                                 f"{(Path(tmp) / 'stderr').read_text()[-2000:]}")
+            n = len(list((out / "images").glob("*.png")))
+            rows.append((n, usage.ru_maxrss / 1024, n / seconds))
+            shutil.rmtree(out)
+    size = f"at {args.output_size}x{args.output_size}" if args.output_size else "at 64x64"
+    for n, peak, rate in rows:
+        print(f"augment {size}, {n:>6} images: peak RSS {peak:6.0f} MiB, {rate:6.1f} img/s")
+    print(f"memory ratio {rows[1][0]} / {rows[0][0]} images: {rows[1][1] / rows[0][1]:.3f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--filters", action="store_true",
                         help="measure the privacy and label filters against no filter")
-    parser.add_argument("--per-class", type=int, default=100, help="(--filters) images per class")
+    parser.add_argument("--per-class", type=int, default=100,
+                        help="(--filters, --memory) images per class")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory for --per-class N and 10 N images per class")
+    parser.add_argument("--output-size", type=int, default=None, help="(--memory) e.g. 1024")
     parser.add_argument("--judge", type=Path, default=None, help="(--filters) classifier folder")
     parser.add_argument("--data", type=Path, default=None,
                         help="(--filters) cache whose val split calibrates the judge")
@@ -222,6 +265,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.filters:
         return filters_main(args)
+    if args.memory:
+        return memory_main(args)
     model = args.model or export_default(CACHE)
     from cxraug.synthesis.generator import model_card
 
