@@ -2,11 +2,12 @@
 
 At 1024x1024 a 64x64 generator's inference is a small part of the work; each image is resized
 (Lanczos, in float, one rounding) and PNG-encoded. The limit measured here, in the same run, is
-encoding the very images augment writes, with augment's encoder, on every core at once (threads:
-zlib releases the GIL) and nothing else: what the machine can physically encode. Beside it:
-the resize alone, and the whole ``augment`` call. Then the encoder settings, one thread each:
-bytes per image against milliseconds per image for zlib levels 1/3/6/9 with the Up filter and
-the run-length or default strategy, and Pillow's own encoder, so the choice of level is measured.
+encoding the very images augment writes on every core at once (threads: both DEFLATEs release
+the GIL) and nothing else: with zlib (level 1, run-length; the issue's limit) and with augment's
+own DEFLATE (ISA-L where installed). Beside it: the resize + quantization alone (and the float64
+way augment used before), and the whole ``augment`` call. Then the encoder settings, one thread
+each: bytes per image against milliseconds per image for zlib levels 1/3/6/9 with the Up filter
+and the run-length or default strategy, ISA-L levels 0-3, and Pillow's own encoder.
 NIH's own 1024x1024 PNGs are ~300-450 KB (the sample's sizes are printed when it is there).
 
     python benchmarks/nih_size_outputs.py [--per-class 40] [--size 1024] [--model FILE.onnx]
@@ -56,11 +57,18 @@ def _settings(images: list[np.ndarray]) -> list[tuple[str, float, float]]:
             A.PNG_STRATEGY = strategy
             try:
                 start = time.perf_counter()
-                sizes = [len(A.encode_png(im, level=level)) for im in images]
+                sizes = [len(A.encode_png(im, level=level, deflate="zlib")) for im in images]
                 ms = (time.perf_counter() - start) / len(images) * 1e3
             finally:
                 A.PNG_STRATEGY = old
             rows.append((f"Up filter, zlib {level}, {name}", float(np.mean(sizes)) / 1e3, ms))
+    if A.PNG_DEFLATE == "isal":
+        for level in (0, 1, 2, 3):
+            start = time.perf_counter()
+            sizes = [len(A.encode_png(im, level=level, deflate="isal")) for im in images]
+            rows.append((f"Up filter, ISA-L {level}{' (augment)' if level == A.ISAL_LEVEL else ''}",
+                         float(np.mean(sizes)) / 1e3,
+                         (time.perf_counter() - start) / len(images) * 1e3))
     start = time.perf_counter()
     sizes = []
     for im in images:
@@ -120,7 +128,9 @@ def main() -> int:
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
-            best["limit"] = max(best.get("limit", 0.0), _encode_all(images, cores))
+            best["limit"] = max(best.get("limit", 0.0), _encode_all(images, cores,
+                                                                    deflate="zlib"))
+            best["own"] = max(best.get("own", 0.0), _encode_all(images, cores))
             out = Path(tmp) / "aug"
             shutil.rmtree(out, ignore_errors=True)
             start = time.perf_counter()
@@ -131,16 +141,22 @@ def main() -> int:
                                   result.generated / (time.perf_counter() - start))
             written = sorted((out / "images").glob("*.png"))
             kb = float(np.mean([p.stat().st_size for p in written])) / 1e3
+    from cxraug.synthesis.png import PNG_DEFLATE
+
     one = _encode_all(images, 1)
-    print(f"PNG-encode limit (augment's encoder, {cores} threads, encoding only): "
-          f"{best['limit']:.1f} img/s ({one:.1f} on one thread)")
+    print(f"PNG-encode limit (Up filter, zlib 1 RLE, {cores} threads, encoding only): "
+          f"{best['limit']:.1f} img/s ({_encode_all(images, 1, deflate='zlib'):.1f} on one "
+          f"thread); with augment's DEFLATE ({PNG_DEFLATE}): {best['own']:.1f} img/s "
+          f"({one:.1f} on one thread)")
     rest = resize_ms
     print(f"per image on one thread: resize {gen.image_size}->{args.size} + quantize "
           f"(resize_to_uint8, float32) {resize_ms:.2f} ms (the float64 way before it: "
           f"{before_ms:.2f} ms; pixels one level apart: {differ:.1e}), encode {1e3 / one:.1f} ms:"
-          f" the encode limit leaves out {rest / (rest + 1e3 / one):.0%} of the per-image work")
+          f" the encode-only limit leaves out {rest / (rest + 1e3 / one):.0%} of that work")
     print(f"augment --output-size {args.size} end to end: {best['augment']:.1f} img/s, "
-          f"{kb:.0f} KB per image; ratio to the encode limit {best['augment'] / best['limit']:.2f}")
+          f"{kb:.0f} KB per image; ratio to the zlib encode limit "
+          f"{best['augment'] / best['limit']:.2f}, to augment's own encoder's "
+          f"{best['augment'] / best['own']:.2f}")
     print(f"{'encoder setting (one thread)':44s} {'KB/img':>8s} {'ms/img':>8s}")
     for name, size_kb, ms in _settings(images[:min(len(images), 24)]):
         print(f"{name:44s} {size_kb:8.0f} {ms:8.1f}")

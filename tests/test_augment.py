@@ -734,3 +734,46 @@ def test_a_registered_sink_is_used_for_writing_listing_and_resume(
     run(model, out, per_class=1, classes=["Mass"], seed=4, layout="memory", overwrite=True)
     assert sorted(n for _, n in sink.store) == [synthetic_name(
         result.targets[1]["code"], 0)]
+
+
+# ------------------------------------------------------------------------------ PNG DEFLATE
+def test_both_deflates_write_the_same_pixels_and_record() -> None:
+    """ISA-L (augment's default where installed) and zlib: standard PNGs, the same pixels, the
+    filters' tEXt record readable from either."""
+    import io
+
+    import cxraug.synthesis.png as png
+
+    gray = np.random.default_rng(0).integers(0, 256, (37, 53)).astype(np.uint8)
+    gray[10:20] = 128  # runs, as upsampled images have
+    decoded = {}
+    for deflate in ("zlib", "isal"):
+        data = png.encode_png(gray, text="k=1", deflate=deflate)
+        with Image.open(io.BytesIO(data)) as im:
+            decoded[deflate] = np.asarray(im)
+            assert im.mode == "L" and im.info.get("cxraug-filter") == "k=1"
+    assert np.array_equal(decoded["zlib"], gray) and np.array_equal(decoded["isal"], gray)
+    pytest.importorskip("isal", reason="ISA-L is a dependency; this checks the installed default")
+    assert png.PNG_DEFLATE == "isal" and png.png_settings()["deflate"] == "isal"
+
+
+def test_a_job_written_with_zlib_resumes_with_isal(model: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """How the PNGs are deflated is not part of what the job is: a folder written with zlib
+    (an older cxraug, a machine without ISA-L) resumes, and the images made again have the
+    pixels of the ones lost."""
+    import cxraug.synthesis.png as png
+
+    out = tmp_path / "aug"
+    monkeypatch.setattr(png, "PNG_DEFLATE", "zlib")
+    run(model, out, per_class=3, classes=["Effusion", "Mass"], seed=4)
+    assert json.loads((out / "job.json").read_text())["png"]["deflate"] == "zlib"
+    lost = sorted((out / "images").iterdir())[:2]
+    pixels = {p.name: np.asarray(Image.open(p)) for p in lost}
+    for p in lost:
+        p.unlink()
+    monkeypatch.setattr(png, "PNG_DEFLATE", "isal")
+    result = run(model, out, per_class=3, classes=["Effusion", "Mass"], seed=4, resume=True)
+    assert result.generated == 2 and result.skipped == 4
+    for p in lost:
+        assert np.array_equal(np.asarray(Image.open(p)), pixels[p.name])

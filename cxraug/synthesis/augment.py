@@ -88,7 +88,7 @@ from ..errors import CxrError
 from ..io_utils import sha256_file, write_json_atomic, write_text_atomic
 from .filters import HIGH_DROP, KEEP, PRIVACY, ClassStats, Filters, SlotRecord
 from .generator import OnnxGenerator, to_uint8
-from .png import PNG_LEVEL, encode_png
+from .png import encode_png, png_settings
 from .sinks import SINKS, TMP_RE, Sink
 
 JOB_FORMAT = "cxraug-augment-1"
@@ -667,9 +667,13 @@ def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool)
         if old is None or old.get("format") != JOB_FORMAT:
             raise CxrError(f"{job} is unreadable or not a cxraug augment job; remove it or pick "
                            "another --out")
-        if old != spec or (overwrite and not resume):
+        # how PNGs are deflated does not change a pixel: a job resumes across encoders
+        same = {k: v for k, v in old.items() if k != "png"} == \
+            {k: v for k, v in spec.items() if k != "png"}
+        if not same or (overwrite and not resume):
             if not overwrite:
-                diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
+                diff = sorted(k for k in set(old) | set(spec)
+                              if k != "png" and old.get(k) != spec.get(k))
                 raise CxrError(f"--out {out} holds a different augment job (differs in "
                                f"{', '.join(diff)}); use a new --out, or --overwrite to replace "
                                "it")
@@ -908,7 +912,7 @@ def augment(
         "format": JOB_FORMAT, "model_sha256": model_sha, "seed": int(seed),
         "image_size": size, "model_image_size": gen.image_size, "layout": layout,
         "label_mode": gen.label_mode, "view": view,
-        "png": {"filter": "up", "zlib_level": PNG_LEVEL, "zlib_strategy": "rle"},
+        "png": png_settings(),
         "targets": [{"name": t.name, "code": t.code, "folder": t.folder, "count": t.count}
                     for t in targets],
     }
