@@ -62,11 +62,12 @@ def _settings(images: list[np.ndarray]) -> list[tuple[str, float, float]]:
             finally:
                 A.PNG_STRATEGY = old
             rows.append((f"Up filter, zlib {level}, {name}", float(np.mean(sizes)) / 1e3, ms))
-    if A.PNG_DEFLATE == "isal":
+    if A._isal is not None:
         for level in (0, 1, 2, 3):
             start = time.perf_counter()
             sizes = [len(A.encode_png(im, level=level, deflate="isal")) for im in images]
-            rows.append((f"Up filter, ISA-L {level}{' (augment)' if level == A.ISAL_LEVEL else ''}",
+            mark = " (--png-deflate isal)" if level == A.ISAL_LEVEL else ""
+            rows.append((f"Up filter, ISA-L {level}{mark}",
                          float(np.mean(sizes)) / 1e3,
                          (time.perf_counter() - start) / len(images) * 1e3))
     start = time.perf_counter()
@@ -125,38 +126,45 @@ def main() -> int:
         before_ms = (time.perf_counter() - start) / n * 1e3
     differ = float(np.mean([np.mean(a != b) for a, b in zip(images, before, strict=True)]))
 
+    from cxraug.synthesis import png
+
+    isal = png._isal is not None  # augment --png-deflate isal (pip install 'cxraug[fast-png]')
     best: dict[str, float] = {}
+    kb: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             best["limit"] = max(best.get("limit", 0.0), _encode_all(images, cores,
                                                                     deflate="zlib"))
-            best["own"] = max(best.get("own", 0.0), _encode_all(images, cores))
-            out = Path(tmp) / "aug"
-            shutil.rmtree(out, ignore_errors=True)
-            start = time.perf_counter()
-            result = augment(model=model, out=out, per_class=args.per_class,
-                             output_size=args.size, device="cpu", progress=False,
-                             privacy_filter=False)
-            best["augment"] = max(best.get("augment", 0.0),
-                                  result.generated / (time.perf_counter() - start))
-            written = sorted((out / "images").glob("*.png"))
-            kb = float(np.mean([p.stat().st_size for p in written])) / 1e3
-    from cxraug.synthesis.png import PNG_DEFLATE
-
-    one = _encode_all(images, 1)
+            if isal:
+                best["isal"] = max(best.get("isal", 0.0), _encode_all(images, cores,
+                                                                      deflate="isal"))
+            for deflate in ("zlib", "isal") if isal else ("zlib",):
+                out = Path(tmp) / "aug"
+                shutil.rmtree(out, ignore_errors=True)
+                start = time.perf_counter()
+                result = augment(model=model, out=out, per_class=args.per_class,
+                                 output_size=args.size, device="cpu", progress=False,
+                                 privacy_filter=False, png_deflate=deflate)
+                key = f"augment {deflate}"
+                best[key] = max(best.get(key, 0.0),
+                                result.generated / (time.perf_counter() - start))
+                written = sorted((out / "images").glob("*.png"))
+                kb[deflate] = float(np.mean([p.stat().st_size for p in written])) / 1e3
+    one = _encode_all(images, 1, deflate="zlib")
     print(f"PNG-encode limit (Up filter, zlib 1 RLE, {cores} threads, encoding only): "
-          f"{best['limit']:.1f} img/s ({_encode_all(images, 1, deflate='zlib'):.1f} on one "
-          f"thread); with augment's DEFLATE ({PNG_DEFLATE}): {best['own']:.1f} img/s "
-          f"({one:.1f} on one thread)")
+          f"{best['limit']:.1f} img/s ({one:.1f} on one thread)"
+          + (f"; with ISA-L: {best['isal']:.1f} img/s" if isal else ""))
     rest = resize_ms
     print(f"per image on one thread: resize {gen.image_size}->{args.size} + quantize "
           f"(resize_to_uint8, float32) {resize_ms:.2f} ms (the float64 way before it: "
           f"{before_ms:.2f} ms; pixels one level apart: {differ:.1e}), encode {1e3 / one:.1f} ms:"
           f" the encode-only limit leaves out {rest / (rest + 1e3 / one):.0%} of that work")
-    print(f"augment --output-size {args.size} end to end: {best['augment']:.1f} img/s, "
-          f"{kb:.0f} KB per image; ratio to the zlib encode limit "
-          f"{best['augment'] / best['limit']:.2f}, to augment's own encoder's "
-          f"{best['augment'] / best['own']:.2f}")
+    for deflate in kb:
+        rate = best[f"augment {deflate}"]
+        print(f"augment --output-size {args.size} --png-deflate {deflate}: {rate:.1f} img/s, "
+              f"{kb[deflate]:.0f} KB per image; ratio to the zlib encode-only limit "
+              f"{rate / best['limit']:.2f}"
+              + (f", to ISA-L's {rate / best['isal']:.2f}" if isal else ""))
     print(f"{'encoder setting (one thread)':44s} {'KB/img':>8s} {'ms/img':>8s}")
     for name, size_kb, ms in _settings(images[:min(len(images), 24)]):
         print(f"{name:44s} {size_kb:8.0f} {ms:8.1f}")

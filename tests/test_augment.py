@@ -738,42 +738,50 @@ def test_a_registered_sink_is_used_for_writing_listing_and_resume(
 
 # ------------------------------------------------------------------------------ PNG DEFLATE
 def test_both_deflates_write_the_same_pixels_and_record() -> None:
-    """ISA-L (augment's default where installed) and zlib: standard PNGs, the same pixels, the
-    filters' tEXt record readable from either."""
+    """zlib (the default: reproducible bytes) and ISA-L (opt-in): standard PNGs, the same
+    pixels, the filters' tEXt record readable from either."""
     import io
 
     import cxraug.synthesis.png as png
 
+    pytest.importorskip("isal", reason="ISA-L is optional: pip install 'cxraug[fast-png]'")
     gray = np.random.default_rng(0).integers(0, 256, (37, 53)).astype(np.uint8)
     gray[10:20] = 128  # runs, as upsampled images have
-    decoded = {}
     for deflate in ("zlib", "isal"):
         data = png.encode_png(gray, text="k=1", deflate=deflate)
         with Image.open(io.BytesIO(data)) as im:
-            decoded[deflate] = np.asarray(im)
             assert im.mode == "L" and im.info.get("cxraug-filter") == "k=1"
-    assert np.array_equal(decoded["zlib"], gray) and np.array_equal(decoded["isal"], gray)
-    pytest.importorskip("isal", reason="ISA-L is a dependency; this checks the installed default")
-    assert png.PNG_DEFLATE == "isal" and png.png_settings()["deflate"] == "isal"
+            assert np.array_equal(np.asarray(im), gray), deflate
+    assert png.encode_png(gray) == png.encode_png(gray, deflate="zlib")  # the default
 
 
-def test_a_job_written_with_zlib_resumes_with_isal(model: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_job_resumes_across_deflates_and_isal_is_one_line_when_missing(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """How the PNGs are deflated is not part of what the job is: a folder written with zlib
-    (an older cxraug, a machine without ISA-L) resumes, and the images made again have the
-    pixels of the ones lost."""
+    resumes with --png-deflate isal, and the images made again have the lost ones' pixels."""
     import cxraug.synthesis.png as png
 
+    pytest.importorskip("isal", reason="ISA-L is optional: pip install 'cxraug[fast-png]'")
     out = tmp_path / "aug"
-    monkeypatch.setattr(png, "PNG_DEFLATE", "zlib")
     run(model, out, per_class=3, classes=["Effusion", "Mass"], seed=4)
     assert json.loads((out / "job.json").read_text())["png"]["deflate"] == "zlib"
     lost = sorted((out / "images").iterdir())[:2]
     pixels = {p.name: np.asarray(Image.open(p)) for p in lost}
     for p in lost:
         p.unlink()
-    monkeypatch.setattr(png, "PNG_DEFLATE", "isal")
-    result = run(model, out, per_class=3, classes=["Effusion", "Mass"], seed=4, resume=True)
+    result = run(model, out, per_class=3, classes=["Effusion", "Mass"], seed=4, resume=True,
+                 png_deflate="isal")
     assert result.generated == 2 and result.skipped == 4
     for p in lost:
         assert np.array_equal(np.asarray(Image.open(p)), pixels[p.name])
+    # without ISA-L installed: one line, before anything is written
+    monkeypatch.setattr(png, "_isal", None)
+    assert main(["augment", "--model", str(model), "--out", str(tmp_path / "b"), "--per-class",
+                 "1", "--png-deflate", "isal", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'cxraug[fast-png]'" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "b").exists()
+    assert main(["augment", "--model", str(model), "--out", str(tmp_path / "b"), "--per-class",
+                 "1", "--png-deflate", "gzip", "--device", "cpu"]) == 2
+    assert "--png-deflate 'gzip': choose zlib or isal" in capsys.readouterr().err

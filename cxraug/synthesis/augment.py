@@ -88,7 +88,7 @@ from ..errors import CxrError
 from ..io_utils import sha256_file, write_json_atomic, write_text_atomic
 from .filters import HIGH_DROP, KEEP, PRIVACY, ClassStats, Filters, SlotRecord
 from .generator import OnnxGenerator, to_uint8
-from .png import encode_png, png_settings
+from .png import PNG_DEFLATE, PNG_DEFLATES, encode_png, png_settings, require_isal
 from .sinks import SINKS, TMP_RE, Sink
 
 JOB_FORMAT = "cxraug-augment-1"
@@ -722,12 +722,14 @@ def _scan(out: Path, targets: list[Target], sink: Sink,
 
 
 def _write_batch(sink: Sink, out: Path, location: str, images: np.ndarray, names: list[str],
-                 ks: list[int], size: int, texts: list[str | None] | None = None) -> list[int]:
+                 ks: list[int], size: int, texts: list[str | None] | None = None,
+                 deflate: str = PNG_DEFLATE) -> list[int]:
     """Resize (if asked), quantize, encode and store one chunk (on a writer thread); returns
     its ks."""
     texts = texts or [None] * len(names)
     for image, name, text in zip(images, names, texts, strict=True):
-        sink.put(out, location, name, encode_png(resize_to_uint8(image, size), text=text))
+        sink.put(out, location, name, encode_png(resize_to_uint8(image, size), text=text,
+                                                 deflate=deflate))
     return ks
 
 
@@ -824,6 +826,7 @@ def augment(
     judge: str | os.PathLike | None = None,
     judge_real_share: float = 0.9,
     max_tries: int = 10,
+    png_deflate: str = PNG_DEFLATE,
 ) -> AugmentResult:
     """Generate a class-balanced synthetic NIH-format data set (see the module docstring).
 
@@ -833,6 +836,7 @@ def augment(
     cycles; benchmarks/augment.py measures both).
     ``privacy_*``, ``judge*``, ``max_tries``: the filters (:mod:`.filters`); the privacy filter is
     on wherever a training reference is found.
+    ``png_deflate``: "zlib" (reproducible bytes) or "isal" (faster, same pixels; :mod:`.png`).
     """
     from .generator import DEFAULT_MODEL
 
@@ -859,6 +863,10 @@ def augment(
         raise CxrError(f"--seed {seed}: give a whole number in 0..2**63-1")
     if output_size is not None and not 8 <= output_size <= 8192:
         raise CxrError(f"--output-size {output_size}: give a side in pixels between 8 and 8192")
+    if png_deflate not in PNG_DEFLATES:
+        raise CxrError(f"--png-deflate {png_deflate!r}: choose {' or '.join(PNG_DEFLATES)}")
+    if png_deflate == "isal":
+        require_isal()
     if real_csv is not None and data is not None:
         raise CxrError("give --real-csv or --data (a cache), not both")
     if split_list is not None and real_csv is None:
@@ -912,7 +920,7 @@ def augment(
         "format": JOB_FORMAT, "model_sha256": model_sha, "seed": int(seed),
         "image_size": size, "model_image_size": gen.image_size, "layout": layout,
         "label_mode": gen.label_mode, "view": view,
-        "png": png_settings(),
+        "png": png_settings(png_deflate),
         "targets": [{"name": t.name, "code": t.code, "folder": t.folder, "count": t.count}
                     for t in targets],
     }
@@ -932,7 +940,8 @@ def augment(
     job = _Job(
         out=out, sink=SINKS[layout], gen=gen, model=model, model_sha=model_sha, targets=targets,
         size=size, view=view, seed=int(seed), device=device, shard=(shard_i, shard_n),
-        filters=filters, real=real, real_paths=real_paths, real_missing=real_missing,
+        deflate=png_deflate, filters=filters, real=real, real_paths=real_paths,
+        real_missing=real_missing,
         real_sizes=[] if real_paths is None else _image_sizes(real_paths), notes=notes,
         target_per_class=target_per_class, started=started,
         options={"real_csv": None if real_csv is None else str(real_csv),
@@ -1004,6 +1013,7 @@ class _Job:
     seed: int
     device: str
     shard: tuple[int, int]
+    deflate: str  # the PNGs' DEFLATE (png.PNG_DEFLATES)
     filters: Filters
     real: RealData | None
     real_paths: list[str] | None
@@ -1181,7 +1191,7 @@ class _Writers:
         # image that the CSVs never list
         self.submitted.append((i, ks, names))
         fut = self.pool.submit(_write_batch, job.sink, job.out, job.location(t), images, names,
-                               ks, job.size, texts)
+                               ks, job.size, texts, job.deflate)
         self.pending.add(fut)
         self.owner[fut] = i
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from .filters import TEXT_KEY, SlotRecord
 
-try:  # Intel's ISA-L DEFLATE (a dependency; wheels for Linux, macOS, Windows)
+try:  # Intel's ISA-L DEFLATE (optional: pip install 'cxraug[fast-png]')
     from isal import isal_zlib as _isal
-except ImportError:  # pragma: no cover - a platform without its wheel: zlib
+except ImportError:
     _isal = None
 
 PNG_FILTER = 2  # "Up": cheap and about as small as Pillow's adaptive choice on GAN images
@@ -26,11 +26,14 @@ PNG_LEVEL = 1  # zlib level: 1 encodes ~2x faster than 6 for a few percent more 
 # zlib's run-length strategy: after the Up filter a GAN image is mostly small residuals and runs of
 # zeros; RLE encodes them ~1.5x faster than the default strategy for ~2% more bytes
 PNG_STRATEGY = zlib.Z_RLE
-#: The DEFLATE implementation augment encodes with: ISA-L at its level 1 where it imports, which on
-#: augment's 1024x1024 images is 3.5x faster than zlib (2.4 vs 8.4 ms an image, both releasing the
-#: GIL) for 15% more bytes (178 vs 155 KB; NIH's own PNGs are ~400 KB); else zlib, as above.
-#: Either writes standard PNGs with the same pixels (benchmarks/nih_size_outputs.py).
-PNG_DEFLATE = "isal" if _isal is not None else "zlib"
+#: DEFLATE implementations ``augment --png-deflate`` takes. zlib (the default) gives the same bytes
+#: for the same pixels, always: augment's byte-for-byte reproducibility across batch sizes,
+#: workers, shards and resumes rests on it. ISA-L (level 1) encodes 1024x1024 images 3.2-3.5x
+#: faster (2.6 vs 8.4 ms, both release the GIL) for 15% more bytes (178 vs 155 KB), the same
+#: pixels, but its bytes are not guaranteed the same from run to run (the full suite caught one
+#: such difference; upstream does not promise determinism), so it is an opt-in.
+PNG_DEFLATES = ("zlib", "isal")
+PNG_DEFLATE = "zlib"
 ISAL_LEVEL = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -57,8 +60,8 @@ def encode_png(gray: np.ndarray, level: int | None = None, text: str | None = No
     raw[0, 1:] = gray[0]
     np.subtract(gray[1:], gray[:-1], out=raw[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    if (deflate or PNG_DEFLATE) == "isal" and _isal is not None:
-        idat = _isal.compress(raw.tobytes(), ISAL_LEVEL if level is None else level)
+    if (deflate or PNG_DEFLATE) == "isal":
+        idat = require_isal().compress(raw.tobytes(), ISAL_LEVEL if level is None else level)
     else:
         packer = zlib.compressobj(PNG_LEVEL if level is None else level, zlib.DEFLATED, 15, 8,
                                   PNG_STRATEGY)
@@ -69,9 +72,19 @@ def encode_png(gray: np.ndarray, level: int | None = None, text: str | None = No
             + _png_chunk(b"IEND", b""))
 
 
-def png_settings() -> dict[str, object]:
+def require_isal() -> object:
+    """ISA-L's ``isal_zlib``, or a one-line error saying how to install it."""
+    if _isal is None:
+        from ..errors import CxrError
+
+        raise CxrError("--png-deflate isal needs ISA-L: pip install 'cxraug[fast-png]' (or use "
+                       "the default, zlib)")
+    return _isal
+
+
+def png_settings(deflate: str = PNG_DEFLATE) -> dict[str, object]:
     """How augment's PNGs are encoded, for its job record (pixels do not depend on it)."""
-    if PNG_DEFLATE == "isal":
+    if deflate == "isal":
         return {"filter": "up", "deflate": "isal", "level": ISAL_LEVEL}
     return {"filter": "up", "deflate": "zlib", "level": PNG_LEVEL, "strategy": "rle"}
 
