@@ -210,19 +210,19 @@ def train(
         raise CxrError(f"cache {data} not found; {HINTS['--data']}")
     if devices is not None and devices < 1:
         raise CxrError(f"--devices {devices}: give a positive number")
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend not in ("tensorflow", "jax"):
+        raise CxrError(f"KERAS_BACKEND={backend}: cxraug trains on tensorflow (the default) or "
+                       "jax; unset it or set KERAS_BACKEND=jax")
     cluster = None
     if coordinator is not None:
         from .training.cluster import Cluster
 
         cluster = Cluster(coordinator, processes, process_id)
-        cluster.check()
+        cluster.check(backend)
     elif processes is not None or process_id is not None:
         raise CxrError("--processes/--process-id go with --coordinator host:port (training "
                        "across machines)")
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend not in ("tensorflow", "jax"):
-        raise CxrError(f"KERAS_BACKEND={backend}: cxraug trains on tensorflow (the default) or "
-                       "jax; unset it or set KERAS_BACKEND=jax")
     if backend == "jax":
         import importlib.util
 
@@ -230,9 +230,6 @@ def train(
             raise CxrError("KERAS_BACKEND=jax but JAX is not installed; pip install "
                            "'cxraug[jax]' (CPU) or 'cxraug[jax-cuda]' (NVIDIA GPUs)")
     else:
-        if cluster is not None:
-            raise CxrError("training across machines (--coordinator) runs on JAX: set "
-                           "KERAS_BACKEND=jax on every machine (pip install 'cxraug[jax-cuda]')")
         import_tensorflow()
     from .training.loop import train as run_train
 

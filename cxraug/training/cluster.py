@@ -31,8 +31,8 @@ class Cluster:
     process_id: int | None = None
     timeout_s: int = 300
 
-    def check(self) -> None:
-        """Option errors, before anything starts (one line each)."""
+    def check(self, backend: str) -> None:
+        """Option errors, before anything starts (one line each); ``backend``: Keras's."""
         if self.coordinator != AUTO:
             host, sep, port = self.coordinator.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -47,17 +47,20 @@ class Cluster:
                 0 <= self.process_id < (self.processes or self.process_id + 1)):
             raise CxrError(f"--process-id {self.process_id}: give 0 .. "
                            f"{(self.processes or 1) - 1}")
+        if backend != "jax":
+            raise CxrError("training across machines (--coordinator) runs on JAX: set "
+                           "KERAS_BACKEND=jax on every machine (pip install 'cxraug[jax-cuda]')")
 
 
-def join(cluster: Cluster) -> None:
+def join(cluster: Cluster, backend: str) -> None:
     """Start ``jax.distributed`` (before JAX computes anything in this process).
 
     With ``host:port`` the processes first meet on that port (:func:`_rendezvous`): JAX ends
     the whole process with a native stack trace when a peer never shows up, so the missing
     processes are named here, in one line, before JAX is asked."""
+    cluster.check(backend)
     import jax
 
-    cluster.check()
     if cluster.coordinator != AUTO:
         _rendezvous(cluster)
     # CPU devices of several processes talk through gloo (GPUs use NCCL regardless)

@@ -224,10 +224,7 @@ def train(
     a ``jax.distributed`` cluster, one per machine (:mod:`.cluster`; process 0 writes the run).
     """
     if cluster is not None:
-        if backend() != "jax":
-            raise CxrError("training across machines (--coordinator) runs on JAX: set "
-                           "KERAS_BACKEND=jax on every machine (pip install 'cxraug[jax-cuda]')")
-        join(cluster)
+        join(cluster, backend())
     on_gpu = _on_gpu()
     with _op_determinism(not on_gpu):
         return _train(recipe, data, out, resume, progress, max_steps, on_gpu, devices)
