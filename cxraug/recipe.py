@@ -62,6 +62,9 @@ class ModelConfig:
         "paper family: compute the big final convolution's gradient by a fast identical path.", True
     )
     g_channels: int = _doc("cxraug: generator channels at the lowest resolution.", 256)
+    g_min_channels: int = _doc(
+        "cxraug: the fewest channels a generator block may have (the widths halve per doubling "
+        "down to this): the last blocks draw the fine detail, ribs and edges.", 16)
     d_channels: int = _doc("cxraug: discriminator channels at the highest resolution.", 32)
     spectral_norm: bool = _doc("cxraug: spectral normalization in the discriminator.", True)
     upsample: str = _doc(
@@ -273,7 +276,8 @@ def validate_model(m: ModelConfig, source: str = "<model config>") -> None:
         fail(f"model.label_mode must be one of {', '.join(LABEL_MODES)}, got {m.label_mode!r}")
     if not (32 <= m.image_size <= 1024 and m.image_size % 16 == 0):
         fail(f"model.image_size must be a multiple of 16 between 32 and 1024, got {m.image_size}")
-    for key in ("latent_dim", "embedding_dim", "filters", "g_channels", "d_channels"):
+    for key in ("latent_dim", "embedding_dim", "filters", "g_channels", "g_min_channels",
+                "d_channels"):
         if getattr(m, key) < 1:
             fail(f"model.{key} must be at least 1, got {getattr(m, key)}")
     if not family.conditional and m.label_mode != "index":

@@ -53,8 +53,6 @@ from .layers import (
     label_input_tensor,
 )
 
-MIN_G_CHANNELS = 16
-
 
 def base_resolution(image_size: int) -> tuple[int, int]:
     """``(b, n)`` with ``image_size = b * 2**n`` and ``4 <= b < 8``: 4x4 for powers of two, 6x6
@@ -67,9 +65,9 @@ def base_resolution(image_size: int) -> tuple[int, int]:
 
 def generator_widths(cfg: ModelConfig) -> list[int]:
     """Channels at b, 2b, ..., S (b = 4 for powers of two): ``g_channels`` halved per doubling,
-    floored at 16."""
+    floored at ``g_min_channels``."""
     _, n_up = base_resolution(cfg.image_size)
-    floor = min(MIN_G_CHANNELS, cfg.g_channels)
+    floor = min(cfg.g_min_channels, cfg.g_channels)
     return [max(cfg.g_channels >> i, floor) for i in range(n_up + 1)]
 
 

@@ -48,7 +48,7 @@ from .run import (
 )
 from .sampling import draw_grid, generate_grid, grid_latents, save_png
 from .tensorboard import event_writer
-from .tracking import REALISM_COLUMNS, RealismTracker
+from .tracking import REALISM_COLUMNS, RealismTracker, realism_line
 from .trainer import TrainerBase, backend, make_trainer
 
 METRIC_COLUMNS = ("epoch", "step", "kimg", "d_acc_fake", "d_acc_real", "d_loss", "g_loss",
@@ -105,8 +105,7 @@ class TrainResult:
         if best:
             b = best[-1]
             lines.append(f"  best checkpoint (what export uses): {b['name']} at "
-                         f"{b['step'] * self.batch_size / 1000:.1f} kimg, two-sample accuracy "
-                         f"vs val {b['c2st_val']:.3f}, near-copies {b['near_copy']:.1%}")
+                         f"{b['step'] * self.batch_size / 1000:.1f} kimg: {realism_line(b)}")
         samples = sorted((self.run_dir / "samples").glob("epoch_*.png"))
         if samples:
             lines.append(f"  samples: {samples[-1]}")
@@ -355,7 +354,8 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
         tracker = RealismTracker(data, label_pool, recipe.model.latent_dim, t.eval_images,
                                  t.seed)
         best = [e for e in read_checkpoint_index(out) if e.get("reason") == "best"]
-        tracker.best = best[-1]["c2st_val"] if best else None
+        # a best checkpoint chosen by an older rule (no realism_gap) is measured again
+        tracker.best = best[-1].get("realism_gap") if best else None
     metrics = _read_metrics(paths.metrics, epochs_done)
     writer = event_writer(paths.tensorboard, trainer.backend_name if chief else "")
     if trainer.backend_name != "tensorflow":
@@ -408,7 +408,8 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
         old = [x for x in read_checkpoint_index(out) if x.get("reason") == "best"]
         entries = [x for x in read_checkpoint_index(out) if x.get("reason") != "best"]
         entries.append({"name": name, "epoch": e, "step": s, "saved": _now(), "reason": "best",
-                        **{k: round(v, 5) for k, v in result.items()}})
+                        **{k: (round(v, 5) if isinstance(v, float) else v)
+                           for k, v in result.items()}})
         write_index(entries)
         for entry in old:
             if entry["name"] != name:
@@ -464,13 +465,12 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
             if tracker is not None and ((epoch + 1) % t.eval_every == 0 or last):
                 trainer.standing_statistics(label_pool)
                 result = tracker.measure(trainer.generate)
-                row.update(result)
+                row.update({k: result[k] for k in REALISM_COLUMNS})
                 best = tracker.is_best(result)
                 if best:
                     save_best(result)
-                run.log(f"realism at {row['kimg']:.1f} kimg: two-sample accuracy vs val "
-                        f"{result['c2st_val']:.3f}, near-copies {result['near_copy']:.1%}, "
-                        f"diversity {result['diversity']:.2f}{' (best so far)' if best else ''}")
+                run.log(f"realism at {row['kimg']:.1f} kimg: {realism_line(result)}"
+                        f"{' (best so far)' if best else ''}")
             metrics.append(row)
             if chief:
                 _write_metrics(paths.metrics, metrics)
