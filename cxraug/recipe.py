@@ -121,6 +121,11 @@ class TrainConfig:
         "then include this weighted term).",
         0.0,
     )
+    r1_gamma: float = _doc(
+        "R1 penalty (Mescheder et al. 2018; StyleGAN2): gamma / 2 times D's squared gradient "
+        "with respect to real images, added to D's loss (metrics.csv's d_loss includes it); it "
+        "keeps a discriminator that sees a few hundred images from growing sharp around each "
+        "of them. 0: off.", 0.0)
     steps_per_epoch: int = _doc("Steps per epoch; 0 means one pass over the split.", 0)
     seed: int = _doc("Seed for weights, sampling and noise (reproducible on CPU).", 0)
     checkpoint_every: int = _doc("Save a checkpoint every N epochs (and always at the end).", 5)
@@ -330,6 +335,10 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             fail(f"train.{key} must be in [0, 1), got {getattr(t, key)}")
     if not 0 <= t.ema_decay < 1:
         fail(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if t.r1_gamma < 0:
+        fail(f"train.r1_gamma must be 0 (off) or more, got {t.r1_gamma}")
+    if t.r1_gamma > 0 and t.d_half_batches:
+        fail("train.r1_gamma needs the full-batch D step; set train.d_half_batches = false")
     if not 0 <= t.aux_class_weight <= 100:
         fail(f"train.aux_class_weight must be in [0, 100], got {t.aux_class_weight}")
     if t.aux_class_weight > 0 and not family.class_head:

@@ -176,6 +176,56 @@ def image_grid(rows: list[tuple[str, np.ndarray]], cell: int = 64) -> bytes:
                               min_tile=cell))
 
 
+def side_by_side(real: np.ndarray, synthetic: np.ndarray, per_row: int = 6, rows: int = 6,
+                 min_cell: int = 64) -> bytes:
+    """Real held-out images (left) and synthetic ones drawn with the same labels (right), the
+    same scale and pixel mapping, one picture: what a person compares first. Tiles keep their
+    size (nearest upscaling to ``min_cell`` only for smaller images)."""
+    from PIL import Image, ImageDraw
+
+    n = min(len(real), len(synthetic), per_row * rows)
+    rows = max(1, math.ceil(n / per_row))
+    h, w = np.asarray(real).shape[1:3]
+    scale = max(1, -(-min_cell // max(h, w)))
+    th, tw, gap, head = h * scale, w * scale, 16, 16
+    img = Image.new("L", (2 * per_row * (tw + 2) + gap, head + rows * (th + 2)), 255)
+    draw = ImageDraw.Draw(img)
+    font = _font()
+    half = per_row * (tw + 2) + gap
+    draw.text((2, 2), "real held-out patients", fill=0, font=font)
+    draw.text((half + 2, 2), "synthetic, same labels", fill=0, font=font)
+    for side, images in ((0, real), (half, synthetic)):
+        for i in range(n):
+            tile = Image.fromarray(np.asarray(images[i], np.uint8))
+            if scale > 1:
+                tile = tile.resize((tw, th), Image.Resampling.NEAREST)
+            img.paste(tile, (side + (i % per_row) * (tw + 2), head + (i // per_row) * (th + 2)))
+    return _png(img)
+
+
+def probe_lines(o: dict[str, Any]) -> list[str]:
+    """The realism probes as text rows (summary and docs): value, real-vs-real, verdict."""
+    from ..probes.battery import SPECS
+
+    probes = o.get("probes")
+    if not probes:
+        return []
+    lines = [f"realism probes against held-out real images (n={probes['pixel_c2st']['n_per_side']}"
+             " a side, label-matched; real vs real = as many training images); the checkpoint "
+             f"rule's gap {o['realism_gap']:+.2f} (worst: {o.get('realism_worst')}; 0 or below = "
+             "as close to real as real patients are to each other):",
+             f"  {'probe':16s} {'synthetic':>18s} {'real vs real':>13s}  verdict   what"]
+    for name, p in probes.items():
+        shown = f"{p['value']:+.2f}" if p["kind"] == "shift" else f"{p['value']:.2f}"
+        if p.get("low") is not None:
+            shown += f" ({p['low']:.2f}-{p['high']:.2f})"
+        real = "" if p["real"] is None else (
+            f"{p['real']:+.2f}" if p["kind"] == "shift" else f"{p['real']:.2f}")
+        lines.append(f"  {name:16s} {shown:>18s} {real:>13s}  "
+                     f"{'ok' if p['passed'] else 'FAILS':7s}   {SPECS[name].describe}")
+    return lines
+
+
 def pairs_image(pairs: list[tuple[str, np.ndarray, np.ndarray]], cell: int = 64) -> bytes:
     """Synthetic | nearest training image pairs, captioned, as PNG bytes."""
     from PIL import Image, ImageDraw
@@ -232,6 +282,7 @@ def summary_text(r: dict[str, Any], out: Path) -> str:
             f"patients: {f(real and real['accuracy'], '.2f')}")
         lines.append(f"diversity: synthetic images vary {o['pixel_diversity_ratio']:.2f}x as "
                      "much as held-out real ones (1.00 = as varied)")
+        lines += probe_lines(o)
     else:
         lines.append(f"realism two-sample test: {o.get('two_sample_note')}")
     lines.append(f"{'class':20s} {'FID syn/base':>14s} {'KID syn/base':>16s} "
@@ -430,8 +481,39 @@ def _table(t: HtmlTable, report: dict[str, Any]) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def _probes_html(report: dict[str, Any], side: bytes | None, img: Callable[[bytes, str], str],
+                 ) -> str:
+    """The realism probes' table and the side-by-side picture."""
+    from ..probes.battery import SPECS
+
+    o = report["overall"]
+    probes = o.get("probes")
+    if not probes:
+        return ""
+    rows = []
+    for name, p in probes.items():
+        value = _fmt(p["value"]) + (f" ({p['low']:.2f}-{p['high']:.2f})"
+                                    if p.get("low") is not None else "")
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{value}</td><td>{_fmt(p['real'])}"
+                    f"</td><td>{'ok' if p['passed'] else '<b>fails</b>'}</td><td style="
+                    f"'text-align:left'>{html.escape(SPECS[name].describe)}</td></tr>")
+    return ("<h2>Realism probes: what a person sees</h2><p>Every held-out real image the "
+            "generator can label against a synthetic image drawn with its labels (n="
+            f"{probes['pixel_c2st']['n_per_side']} a side); beside each probe the same between as "
+            "many real training images and the held-out ones (two sets of real patients). "
+            "Ratios: 1 = like real (contrast, grey-level range and fine detail fail outside "
+            "0.9-1.1, exposure spread outside 0.8-1.25); two-sample accuracies: 0.5 = "
+            "indistinguishable (histograms and spectra fail above 0.70, the CNN above 0.80, "
+            f"pixels above 0.65). The rule that picks checkpoints: gap "
+            f"{o['realism_gap']:+.2f} (worst: {html.escape(str(o.get('realism_worst')))}); 0 or "
+            "below = as close to real as real patients are to each other. docs/EVALUATION.md "
+            "says how each is measured.</p><table><tr><th>probe</th><th>synthetic</th><th>real "
+            "vs real</th><th>verdict</th><th>what it measures</th></tr>" + "".join(rows) +
+            "</table>" + (img(side, "real and synthetic side by side") if side else ""))
+
+
 def html_report(report: dict[str, Any], charts: list[tuple[str, bytes]], samples: bytes,
-                real: bytes, swap: bytes, pairs: bytes) -> str:
+                real: bytes, swap: bytes, pairs: bytes, side: bytes | None = None) -> str:
     """report.html: every section's table (:data:`HTML_TABLES`), the charts and the image grids,
     images inlined (one file)."""
     def img(data: bytes, alt: str) -> str:
@@ -454,6 +536,7 @@ def html_report(report: dict[str, Any], charts: list[tuple[str, bytes]], samples
         f"<code>{_fmt(report['classifier'])}</code>, seed {report['seed']}, created "
         f"{_fmt(report['created'])}. How to read it: docs/EVALUATION.md.</p>",
         f"<h2>Warnings</h2><ul>{flags}</ul>", f"<ul>{notes}</ul>" if notes else "",
+        _probes_html(report, side, img),
     ]
     for table in HTML_TABLES:
         parts += [table.intro(report), _table(table, report)]

@@ -134,7 +134,7 @@ class JaxTrainer(TrainerBase):
                      loss_of: Any) -> tuple[Any, ...]:
             def objective(dv: list[Any]) -> tuple[Any, Any]:
                 box = {"stats": d_stats, "key": key}
-                loss, aux = loss_of(d_caller(dv, box))
+                loss, aux = loss_of(dv, box)
                 return loss, (aux, box["stats"], box["key"])
 
             (loss, (aux, d_stats, key)), grads = jax.value_and_grad(
@@ -151,19 +151,33 @@ class JaxTrainer(TrainerBase):
         key = noise.key
         if self.half:
             loss_real, real_logits, d_vars, d_stats, d_opt, key = d_update(
-                d_vars, d_stats, d_opt, key, lambda call: self.d_real_loss(call, real, labels))
+                d_vars, d_stats, d_opt, key,
+                lambda dv, box: self.d_real_loss(d_caller(dv, box), real, labels))
             loss_fake, fake_logits, d_vars, d_stats, d_opt, key = d_update(
                 d_vars, d_stats, d_opt, key,
-                lambda call: self.d_fake_loss(call, fake, fake_labels))
+                lambda dv, box: self.d_fake_loss(d_caller(dv, box), fake, fake_labels))
             d_loss = 0.5 * (loss_real + loss_fake)
         else:
-            def full(call: Any) -> tuple[Any, Any]:
-                loss, real_logits, fake_logits = self.d_full_loss(call, real, labels, fake,
-                                                                  fake_labels)
+            def full(dv: list[Any], box: dict[str, Any]) -> tuple[Any, Any]:
+                loss, real_logits, fake_logits = self.d_full_loss(
+                    d_caller(dv, box), real, labels, fake, fake_labels)
                 return loss, (real_logits, fake_logits)
 
+            def full_r1(dv: list[Any], box: dict[str, Any]) -> tuple[Any, Any]:
+                """D's loss + R1, the gradient wrt the reals taken through the same forward
+                pass; the call's statistics and noise leave the inner grad as its aux."""
+                def on_reals(images: Any) -> tuple[Any, Any]:
+                    loss, real_logits, fake_logits = self.d_full_loss(
+                        d_caller(dv, box), images, labels, fake, fake_labels)
+                    return jnp.sum(real_logits), (loss, real_logits, fake_logits, box["stats"],
+                                                  box["key"])
+
+                grads, (loss, real_logits, fake_logits, box["stats"], box["key"]) = jax.grad(
+                    on_reals, has_aux=True)(real)
+                return loss + self.r1_penalty(grads), (real_logits, fake_logits)
+
             d_loss, (real_logits, fake_logits), d_vars, d_stats, d_opt, key = d_update(
-                d_vars, d_stats, d_opt, key, full)
+                d_vars, d_stats, d_opt, key, full_r1 if self.r1_gamma > 0 else full)
         acc_real, r_t, acc_fake = self.d_stats(real_logits, fake_logits)
         # 2. Generator, on a full batch of fresh latent/label pairs; D fixed (its statistics
         # still move, as in the TensorFlow step, where D runs in training mode here too).

@@ -134,8 +134,13 @@ class TFTrainer(TrainerBase):
             d_loss = 0.5 * (loss_real + loss_fake)
         else:
             with tf.GradientTape() as tape:
-                d_loss, real_logits, fake_logits = self.d_full_loss(self._d, real, labels, fake,
-                                                                    fake_labels)
+                with tf.GradientTape(watch_accessed_variables=False) as on_reals:
+                    on_reals.watch(real)
+                    d_loss, real_logits, fake_logits = self.d_full_loss(
+                        self._d, real, labels, fake, fake_labels)
+                    real_sum = tf.reduce_sum(real_logits)
+                if self.r1_gamma > 0:  # R1 through the same forward pass
+                    d_loss += self.r1_penalty(on_reals.gradient(real_sum, real))
                 scaled = self.d_optimizer.scale_loss(d_loss)
             self._apply(self.d_optimizer, tape, scaled, d_vars)
         acc_real, r_t, acc_fake = self.d_stats(real_logits, fake_logits)

@@ -75,6 +75,7 @@ class TrainerBase:
         self.policies = list(t.diffaugment)
         self.ema_decay = float(t.ema_decay)
         self.aux_weight = float(t.aux_class_weight)
+        self.r1_gamma = float(t.r1_gamma)
         self.ada = t.ada_target > 0
         self.label_mode = label_mode_of(m)
         self.label_key = label_input(self.label_mode) or LABEL
@@ -193,6 +194,13 @@ class TrainerBase:
                                    + self._class_loss(real_classes, labels), self.real_batch)
                       + self.average(self.loss.d_fake(fake_logits), self.real_batch))
         return loss, real_logits, fake_logits
+
+    def r1_penalty(self, real_grads: Any) -> Any:
+        """R1: gamma / 2 x the mean over reals of |d sum(D(real)) / d real|^2, given that
+        gradient ``[N, H, W, 1]`` (each backend takes it from its own autodiff, on the same
+        forward pass as D's loss, so no extra augmentation noise is drawn)."""
+        sq = ops.sum(ops.square(ops.cast(real_grads, "float32")), axis=(1, 2, 3))
+        return 0.5 * self.r1_gamma * self.average(sq, self.real_batch)
 
     def g_loss(self, d_call: DCall, fake: Any, g_labels: Any) -> Any:
         logits, classes = d_call(fake, g_labels)
