@@ -48,9 +48,12 @@ def hot_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ------------------------------------------------------------------------------ pieces
 def test_names_latents_png_and_shard_parsing(tmp_path: Path) -> None:
-    assert synthetic_name(0, 0) == "90000000_000.png"
-    assert synthetic_name(3, 1234) == "90300001_234.png"
-    assert int(synthetic_name(99, 10**8 - 1)[:8]) <= 99_999_999
+    assert synthetic_name(0, 0) == "10000000_000.png"
+    assert synthetic_name(3, 1234) == "13001234_000.png"
+    assert synthetic_name(89, 999_999) == "99999999_000.png"
+    for bad in ((90, 0), (0, 1_000_000), (-1, 0)):
+        with pytest.raises(ValueError):
+            synthetic_name(*bad)
     a = latents(7, 2, [0, 1, 2, 3], 16)
     assert np.array_equal(a[2:], latents(7, 2, [2, 3], 16))  # row k depends on k only
     assert not np.allclose(a[0], latents(7, 3, [0], 16)[0])  # ...and on the target
@@ -282,6 +285,7 @@ def test_nih_csv_layout_and_mixed_csv(nih_sample: Path, model: Path, tmp_path: P
     assert len(ours) == sum(t["generate"] for t in result.targets) > 0
     assert (ours["Patient ID"] >= SYNTH_PATIENT_BASE).all()
     assert (ours["Patient ID"] > 30805).all()  # never a real NIH patient
+    assert ours["Patient ID"].is_unique and ours["Follow-up #"].eq(0).all()  # one each
     assert ours["OriginalImage Width"].eq(16).all() and ours["OriginalImage Height"].eq(16).all()
     assert ours["Patient Age"].isna().all() and ours["View Position"].isna().all()
     for _, row in ours.iterrows():
@@ -384,7 +388,7 @@ def test_same_bytes_across_batch_sizes_workers_and_shards(model: Path, tmp_path:
     seed6 = tmp_path / "seed6"
     run(model, seed6, **{**kw, "seed": 6})
     assert files(seed6).keys() == ref_files.keys()
-    assert files(seed6)["images/90200000_000.png"] != ref_files["images/90200000_000.png"]
+    assert files(seed6)["images/12000000_000.png"] != ref_files["images/12000000_000.png"]
 
 
 def test_two_shards_at_once_into_one_folder_merge_to_the_unsharded_result(
@@ -442,8 +446,25 @@ def test_job_folder_rules(model: Path, tmp_path: Path) -> None:
     replaced = run(model, out, per_class=2, classes=["Nodule"], overwrite=True)
     assert replaced.generated == 2
     assert sorted(os.listdir(out / "images")) == [
-        "90500000_000.png", "90500000_001.png", "notes.txt"]  # old PNGs gone, user file kept
+        "15000000_000.png", "15000001_000.png", "notes.txt"]  # old PNGs gone, user file kept
     assert json.loads((out / "job.json").read_text())["targets"][0]["name"] == "Nodule"
+    # a folder of the earlier naming (1,000 images per synthetic patient) is never resumed or
+    # mixed: one line naming the fix; --overwrite replaces its images, not the user's files
+    old = tmp_path / "old"
+    (old / "images").mkdir(parents=True)
+    (old / "job.json").write_text(json.dumps({
+        "format": "cxraug-augment-1", "layout": "flat",
+        "targets": [{"name": "Mass", "code": 4, "folder": "Mass", "count": 2}]}))
+    for name in ("90400000_000.png", "90400000_001.png", "mine.png"):
+        (old / "images" / name).write_bytes(b"x")
+    for kw in ({}, {"resume": True}):
+        with pytest.raises(CxrError, match="earlier naming.*new --out, or --overwrite"):
+            run(model, old, per_class=2, classes=["Mass"], **kw)
+    assert len(os.listdir(old / "images")) == 3  # nothing touched
+    fresh = run(model, old, per_class=2, classes=["Mass"], overwrite=True)
+    assert fresh.generated == 2
+    assert sorted(os.listdir(old / "images")) == ["14000000_000.png", "14000001_000.png",
+                                                  "mine.png"]
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "thesis.docx").write_text("x")

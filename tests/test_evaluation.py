@@ -51,6 +51,24 @@ def _from_split(real: dict[str, np.ndarray], split: str):  # noqa: ANN202
     return generate
 
 
+def _washed_out_and_blurred(real: dict[str, np.ndarray]):  # noqa: ANN202
+    """Real training images of the class at half their contrast, blurred by a 1-pixel
+    Gaussian: the two faults of the first shipped generator, on otherwise real images."""
+    plain = _from_split(real, "train")
+    k = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+    k /= k.sum()
+
+    def generate(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        x = np.asarray(plain(z, labels), np.float64)  # [-1, 1]
+        x = x.mean(axis=(1, 2), keepdims=True) + 0.5 * (x - x.mean(axis=(1, 2), keepdims=True))
+        pad = np.pad(x, ((0, 0), (3, 3), (3, 3)), mode="reflect")
+        x = sum(k[i] * pad[:, i:i + x.shape[1], 3:3 + x.shape[2]] for i in range(7))
+        pad = np.pad(x, ((0, 0), (0, 0), (3, 3)), mode="reflect")
+        return sum(k[i] * pad[:, :, i:i + x.shape[2]] for i in range(7)).astype(np.float32)
+
+    return generate
+
+
 def _one_image_per_class(real: dict[str, np.ndarray]):  # noqa: ANN202
     """A collapsed "generator": one held-out image per class, whatever z."""
     pool = real["val"]
@@ -159,14 +177,16 @@ def reports(phantom_cache: Path, classifier_dir: Path, real: dict,
         "epoch,step,d_acc_fake,d_acc_real,d_loss,g_loss,wall_s,img_per_s\n"
         "1,10,0.9,0.8,0.5,2.0,1,100\n2,20,0.85,0.8,0.45,1.8,2,100\n3,30,0.8,0.75,0.4,1.7,3,100\n")
     gens = {"heldout": _from_split(real, "val"), "train": _from_split(real, "train"),
-            "noise": _label_blind_noise, "collapse": _one_image_per_class(real)}
+            "noise": _label_blind_noise, "collapse": _one_image_per_class(real),
+            "washed": _washed_out_and_blurred(real)}
     out = {}
     for name, gen in gens.items():
         # the phantom val split has ~9 images a class: FID/KID are computed anyway (min_heldout
         # 5) to test their ordering, except for "collapse", which keeps the default
         res = evaluate(gen, phantom_cache, base / name, classifier=classifier_dir, split="val",
                        n_per_class=N_PER_CLASS, run=run if name == "heldout" else None,
-                       progress=False, **({} if name == "collapse" else {"min_heldout": 5}))
+                       progress=False,
+                       **({} if name in ("collapse", "washed") else {"min_heldout": 5}))
         out[name] = {"report": res.report, "out": base / name, "summary": res.summary()}
     return out
 
@@ -437,3 +457,24 @@ def test_cli_evaluate_and_downstream_on_the_exported_smoke_generator(
     rc = main(["evaluate", "--model", str(tmp_path / "none.onnx"), "--data", str(phantom_cache),
                "--out", str(tmp_path / "r2")])
     assert rc == 2 and "generator not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_washed_out_blurry_images_get_the_warnings_a_person_would_give(reports: dict) -> None:
+    """Real images at half contrast, blurred: the standardized pixel test alone sees little,
+    the probes name both faults, in the summary, the JSON and the HTML."""
+    washed, held = reports["washed"], reports["heldout"]["report"]
+    probes = washed["report"]["overall"]["probes"]
+    assert probes["contrast"]["value"] == pytest.approx(0.5, abs=0.08)
+    assert probes["hf_energy"]["value"] < 0.6 and not probes["hf_energy"]["passed"]
+    flags = washed["report"]["flags"]
+    assert any(f.startswith("not realistic yet: washed out") for f in flags)
+    assert any(f.startswith("not realistic yet: blurry") for f in flags)
+    assert "washed out: contrast" in washed["summary"] and "hf_energy" in washed["summary"]
+    page = (washed["out"] / "report.html").read_text()
+    assert "Realism probes" in page and "washed out" in page
+    assert (washed["out"] / "side_by_side.png").read_bytes()[:4] == b"\x89PNG"
+    assert washed["report"]["overall"]["realism_gap"] > held["overall"]["realism_gap"] + 1
+    # real held-out images of the requested class: every probe within reach of real vs real
+    for name, p in held["overall"]["probes"].items():
+        assert p["warning"] is None, (name, p)

@@ -234,8 +234,10 @@ def test_run_folder_tells_the_story(smoke_run: Path) -> None:
     with open(smoke_run / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["epoch", "step", "kimg", "d_acc_fake", "d_acc_real", "d_loss",
-                             "g_loss", "r_t", "aug_p", "wall_s", "img_per_s", "c2st_val",
-                             "near_copy", "diversity"]
+                             "g_loss", "r_t", "aug_p", "wall_s", "img_per_s", "realism_gap",
+                             "contrast", "dynamic_range", "exposure_spread", "brightness",
+                             "histogram_c2st", "hf_energy", "spectrum_c2st", "cnn_c2st",
+                             "c2st_val", "near_copy", "diversity"]
     assert rows[0]["c2st_val"] == ""  # realism is measured only with train.eval_every
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(0 <= float(r["d_acc_real"]) <= 1 and float(r["img_per_s"]) > 0 for r in rows)
@@ -422,6 +424,8 @@ def test_kimg_budget_stops_where_it_should_and_resumes_exactly(
     assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(1, 7), (2, 13)]
     assert float(rows[-1]["kimg"]) == pytest.approx(13 * 32 / 1000)
     assert all(0 <= float(r["c2st_val"]) <= 1 and r["near_copy"] != "" for r in rows)
+    assert all(float(r["contrast"]) > 0 and 0 <= float(r["cnn_c2st"]) <= 1 for r in rows)
+    assert all(r["realism_gap"] != "" for r in rows)
     best = [e for e in read_checkpoint_index(tmp_path / "a") if e["reason"] == "best"]
     assert len(best) == 1 and resolve_checkpoint(tmp_path / "a")["name"] == best[0]["name"]
     assert resolve_checkpoint(tmp_path / "a", "latest")["name"] == "ckpt-13"
@@ -434,7 +438,7 @@ def test_kimg_budget_stops_where_it_should_and_resumes_exactly(
     assert done.status == "finished" and done.step == 13
     assert _max_diff(_weights(tmp_path / "a", "latest"), _weights(tmp_path / "b", "latest")) < 1e-5
     again = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv", newline="")))
-    for key in ("d_loss", "g_loss", "c2st_val", "near_copy"):
+    for key in ("d_loss", "g_loss", "c2st_val", "near_copy", "realism_gap", "cnn_c2st"):
         assert [float(r[key]) for r in again] == pytest.approx([float(r[key]) for r in rows],
                                                                 abs=1e-5)
     assert resolve_checkpoint(tmp_path / "b")["name"] == best[0]["name"]

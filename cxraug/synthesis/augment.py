@@ -5,19 +5,25 @@ NO TensorFlow here: onnxruntime runs the exported generator (:mod:`.generator`).
 Output folder (``out``)::
 
     job.json               what this job is (model sha256, seed, per-class counts, size, layout)
-    images/90000000_000.png ...   8-bit grayscale PNGs (``layout="class-folders"``: <class>/...)
+    images/10000000_000.png ...   8-bit grayscale PNGs (``layout="class-folders"``: <class>/...)
     Data_Entry_2017.csv    the synthetic rows in NIH's exact layout (header quirk kept)
     mixed.csv              real rows + synthetic rows with ``Path`` and ``Synthetic`` (0/1) columns
     manifest.json          model sha256 + metadata, seed, shard, counts, provider, versions, timings
     parts/shard-I-of-N.csv/.json   a sharded run's own rows and manifest (``--shard I/N``)
 
 Naming. Every generated image has a *target* (a class, or a label combination for multi-hot
-models) with a code and an index ``k`` (0, 1, ...). Its NIH name is ``PPPPPPPP_FFF.png`` with
-Patient ID ``90,000,000 + code * 100,000 + k // 1000`` and Follow-up ``k % 1000``: real NIH
-patient ids are 1..30,805, so the names never collide with real images, and the same (target, k)
-always gets the same name on every machine, shard and rerun. A class's code is its index in the
-model's ``class_names``; a label combination's code is ``len(class_names) + j`` (its position among
-the ``--label`` options). Up to 100 codes and 100 million images per target.
+models) with a code and an index ``k`` (0, 1, ...). Each image comes from its own latent draw, so
+it is its own synthetic patient: its NIH name is ``PPPPPPPP_000.png`` with Patient ID
+``10,000,000 + code * 1,000,000 + k`` and Follow-up 0. Real NIH patient ids are 1..30,805, so a
+synthetic patient is never a real one, no two synthetic images share a patient (loaders that keep
+one image per patient, such as torchxrayvision's ``NIH_Dataset``, and patient-level splits such as
+GroupKFold treat every image as the new patient it is), and the same (target, k) always gets the
+same name on every machine, shard and rerun. A class's code is its index in the model's
+``class_names``; a label combination's code is ``len(class_names) + j`` (its position among the
+``--label`` options). Up to 90 codes and a million images per target. Folders written by the
+earlier scheme (``cxraug-augment-1``: a synthetic patient per 1,000 images of a target, Patient ID
+``90,000,000 + code * 100,000 + k // 1000``) are not resumed or mixed with this one: ``--overwrite``
+replaces such a job, or give a new ``--out``.
 
 CSV columns. ``Finding Labels``: the generated label (``A|B`` for combinations, in NIH's
 alphabetical order); ``Follow-up #`` and ``Patient ID`` from the name; ``OriginalImage Width`` /
@@ -91,12 +97,13 @@ from .generator import OnnxGenerator, to_uint8
 from .png import PNG_DEFLATE, PNG_DEFLATES, encode_png, png_settings, require_isal
 from .sinks import SINKS, TMP_RE, Sink
 
-JOB_FORMAT = "cxraug-augment-1"
-SYNTH_PATIENT_BASE = 90_000_000
-CODE_STRIDE = 100_000  # synthetic patient ids per target
-PER_PATIENT = 1000  # follow-ups per synthetic patient (NIH's %03d)
-MAX_CODES = 100
-MAX_PER_TARGET = CODE_STRIDE * PER_PATIENT
+JOB_FORMAT = "cxraug-augment-2"
+#: The job format of the earlier naming (1,000 images per synthetic patient): refused on resume.
+OLD_JOB_FORMAT = "cxraug-augment-1"
+SYNTH_PATIENT_BASE = 10_000_000  # above every NIH patient id (1..30,805), 8 digits
+CODE_STRIDE = 1_000_000  # synthetic patients (= images) per target
+MAX_CODES = 90  # the last code's last patient is 99,999,999
+MAX_PER_TARGET = CODE_STRIDE
 MULTI_HOT_KEY = 1 << 62  # RNG keys of multi-hot targets: this bit | class bitmask
 
 DATA_CSV = "Data_Entry_2017.csv"
@@ -105,7 +112,9 @@ MANIFEST = "manifest.json"
 JOB_FILE = "job.json"
 PARTS = "parts"
 
-_SYNTH_RE = re.compile(r"^9\d{7}_\d{3}\.png$")
+_SYNTH_RE = re.compile(r"^[1-9]\d{7}_000\.png$")
+#: Names of the earlier scheme (removed by --overwrite of such a job, never resumed).
+_OLD_SYNTH_RE = re.compile(r"^9\d{7}_\d{3}\.png$")
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -123,9 +132,16 @@ class Target:
 
 
 def synthetic_name(code: int, k: int) -> str:
-    """NIH-style name of image ``k`` of the target with ``code`` (never a real NIH id)."""
-    pid = SYNTH_PATIENT_BASE + code * CODE_STRIDE + k // PER_PATIENT
-    return f"{pid:08d}_{k % PER_PATIENT:03d}.png"
+    """NIH-style name of image ``k`` of the target with ``code``: its own synthetic patient
+    (never a real NIH id), follow-up 0."""
+    if not (0 <= code < MAX_CODES and 0 <= k < CODE_STRIDE):
+        raise ValueError(f"code {code}, k {k} outside the naming scheme")
+    return f"{SYNTH_PATIENT_BASE + code * CODE_STRIDE + k:08d}_000.png"
+
+
+def parse_synthetic_name(name: str) -> tuple[int, int]:
+    """``(code, k)`` of a name :func:`synthetic_name` made."""
+    return divmod(int(name[:8]) - SYNTH_PATIENT_BASE, CODE_STRIDE)
 
 
 def latents(seed: int, key: int, ks: Sequence[int] | np.ndarray, dim: int,
@@ -623,6 +639,11 @@ def _ours(name: str) -> bool:
     return _SYNTH_RE.match(name) is not None
 
 
+def _ours_before(name: str) -> bool:
+    """The same for a job of the earlier naming scheme (what --overwrite removes)."""
+    return _OLD_SYNTH_RE.match(name) is not None
+
+
 def _remove_outputs(out: Path, spec: dict[str, Any]) -> None:
     """Delete what an earlier job wrote (its PNGs, temp files, CSVs, manifests), nothing else.
 
@@ -630,7 +651,7 @@ def _remove_outputs(out: Path, spec: dict[str, Any]) -> None:
     """
     sink = _sink_of(spec)
     locations = list(dict.fromkeys(sink.location(t["folder"]) for t in spec.get("targets", [])))
-    sink.remove(out, locations, _ours)
+    sink.remove(out, locations, _ours_before if spec.get("format") == OLD_JOB_FORMAT else _ours)
     for name in (DATA_CSV, MIXED_CSV, MANIFEST):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
@@ -659,6 +680,18 @@ def _prepare_out(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool)
         if others and not job.is_file():
             raise CxrError(f"--out {out} is not empty and holds no augment job ({JOB_FILE}); "
                            "give a new or empty folder")
+    if job.is_file():
+        try:
+            old = json.loads(job.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old is not None and old.get("format") == OLD_JOB_FORMAT:
+            if not overwrite:
+                raise CxrError(
+                    f"--out {out} holds a job of cxraug's earlier naming (one synthetic patient "
+                    "per 1,000 images); it is not resumed or mixed with today's (one patient per "
+                    "image): use a new --out, or --overwrite to replace it")
+            _remove_outputs(out, old)  # job.json last: below, the folder is a new one
     if job.is_file():
         try:
             old = json.loads(job.read_text(encoding="utf-8"))
@@ -703,13 +736,9 @@ def _scan(out: Path, targets: list[Target], sink: Sink,
         by_location.setdefault(sink.location(t.folder), {})[t.code] = t
     for location, codes in by_location.items():
         for name in sink.stored(out, location, _ours):
-            pid, fu = int(name[:8]), int(name[9:12])
-            code, block = divmod(pid - SYNTH_PATIENT_BASE, CODE_STRIDE)
+            code, k = parse_synthetic_name(name)
             t = codes.get(code)
-            if t is None:
-                continue
-            k = block * PER_PATIENT + fu
-            if k >= t.count:
+            if t is None or k >= t.count:
                 continue
             if records is not None:
                 record = sink.record(out, location, name)
@@ -1136,8 +1165,8 @@ class _Job:
             "notes": self.notes,
             "real_missing_under_root": self.real_missing,
             "classes": self.target_rows(),
-            "naming": {"patient_id": f"{SYNTH_PATIENT_BASE} + code * {CODE_STRIDE} + "
-                       f"k // {PER_PATIENT}", "follow_up": f"k % {PER_PATIENT}",
+            "naming": {"patient_id": f"{SYNTH_PATIENT_BASE} + code * {CODE_STRIDE} + k "
+                       "(one synthetic patient per image)", "follow_up": "0",
                        "latent": "Philox(key=(seed << 64) | target key, counter=k << 128) "
                                  "standard normal float32"},
             "versions": {"cxraug": __version__, "onnxruntime": ort.__version__,
