@@ -407,6 +407,7 @@ def downstream(
     from .evaluation.downstream import downstream as run_downstream
 
     _require("downstream", data=data, synthetic=synthetic)
+    import_tensorflow()  # without its start-up notices, as train does
     result = run_downstream(data=data, synthetic=synthetic, out=out, seeds=seeds, epochs=epochs)
     typer.echo(result.summary())
 
