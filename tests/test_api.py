@@ -144,3 +144,53 @@ def test_torch_dataset_with_two_workers_draws_each_image_once(model: Path) -> No
     whole = [(tuple((a.astype(np.float32) / 255).flatten().tolist()), int(lab.argmax()))
              for a, lab in g.stream({"Mass": 1, "Nodule": 3}, seed=7, n=64)]
     assert len(seen) == 64 and sorted(seen) == sorted(whole)
+
+
+# ------------------------------------------------------------------ other people's loaders
+def test_loaders_take_augment_output_unchanged(hot_model: Path, tmp_path: Path) -> None:
+    """pandas reads both CSVs as they are; Keras' image_dataset_from_directory reads the
+    class-folders layout (a label combination is a folder, so a class of its own there)."""
+    import pandas as pd
+
+    out = tmp_path / "aug"
+    run(hot_model, out, per_class=3, classes=["Mass", "Nodule"], labels=["Effusion|Mass"],
+        layout="class-folders")
+    entries = pd.read_csv(out / "Data_Entry_2017.csv")
+    assert len(entries) == 9 and entries["Patient ID"].is_unique
+    assert set(entries["Finding Labels"]) == {"Mass", "Nodule", "Effusion|Mass"}
+    mixed = pd.read_csv(out / "mixed.csv")
+    assert len(mixed) == 9 and (mixed["Synthetic"] == 1).all()
+    assert all((out / p).is_file() for p in mixed["Path"])
+    pytest.importorskip("tensorflow")
+    import keras
+
+    ds = keras.utils.image_dataset_from_directory(
+        out, color_mode="grayscale", image_size=(16, 16), batch_size=4,
+        shuffle=False, verbose=False)
+    assert ds.class_names == ["Effusion+Mass", "Mass", "Nodule"]
+    labels = np.concatenate([np.asarray(y) for _, y in ds])
+    assert sorted(Counter(labels.tolist()).values()) == [3, 3, 3]
+
+
+def test_torchvision_image_folder_reads_the_class_folders(hot_model: Path,
+                                                          tmp_path: Path) -> None:
+    datasets = pytest.importorskip("torchvision.datasets",
+                                   reason="torchvision is not installed here")
+    out = tmp_path / "aug"
+    run(hot_model, out, per_class=2, classes=["Mass", "Nodule"], layout="class-folders")
+    folder = datasets.ImageFolder(str(out))
+    assert folder.classes == ["Mass", "Nodule"] and len(folder) == 4
+
+
+def test_torchxrayvision_loads_every_synthetic_image_with_its_labels(
+        hot_model: Path, tmp_path: Path) -> None:
+    """Its NIH_Dataset keeps one image per Patient ID by default: with one synthetic patient
+    per image it keeps them all."""
+    xrv = pytest.importorskip("torchxrayvision", reason="torchxrayvision is not installed here")
+    out = tmp_path / "aug"
+    run(hot_model, out, per_class=5, classes=["Mass", "Nodule", "Effusion"], view="PA")
+    data = xrv.datasets.NIH_Dataset(imgpath=str(out / "images"),
+                                    csvpath=str(out / "Data_Entry_2017.csv"))  # its defaults
+    assert len(data) == 15
+    mass = data.pathologies.index("Mass")
+    assert int(np.nansum(data.labels[:, mass])) == 5
