@@ -32,7 +32,6 @@ Lower is better.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -268,17 +267,3 @@ def worst(probes: dict[str, Probe]) -> str:
 
 def warnings(probes: dict[str, Probe]) -> list[str]:
     return [p.warning for p in probes.values() if p.warning]
-
-
-def probe_table(probes: dict[str, Probe],
-                fmt: Callable[[Probe], str] | None = None) -> list[tuple[str, str, str, str]]:
-    """Rows ``(name, synthetic, real vs real, verdict)`` for text and HTML reports."""
-    rows = []
-    for p in probes.values():
-        def show(v: float | None, kind: str = p.kind) -> str:
-            if v is None:
-                return ""
-            return f"{v:.2f}" if kind != "shift" else f"{v:+.2f}"
-        syn = show(p.value) + (f" ({p.low:.2f}-{p.high:.2f})" if p.low is not None else "")
-        rows.append((p.name, syn, show(p.real), "ok" if p.passed else "FAILS"))
-    return rows
