@@ -15,6 +15,7 @@ TensorFlow's MultiWorkerMirroredStrategy is not used: JAX is the backend that tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import CxrError
 
@@ -52,6 +53,19 @@ class Cluster:
                            "KERAS_BACKEND=jax on every machine (pip install 'cxraug[jax-cuda]')")
 
 
+#: The cluster this process joined (:func:`join`), for :func:`meetings`.
+_JOINED: list[Cluster] = []
+
+
+def meetings() -> Meetings | None:
+    """Where the processes of the joined cluster wait for each other (None: one process)."""
+    import jax
+
+    if not _JOINED or jax.process_count() < 2:
+        return None
+    return Meetings.of_jax(_JOINED[-1].timeout_s)
+
+
 def join(cluster: Cluster, backend: str) -> None:
     """Start ``jax.distributed`` (before JAX computes anything in this process).
 
@@ -77,6 +91,7 @@ def join(cluster: Cluster, backend: str) -> None:
                  else f"coordinator {cluster.coordinator}")
         raise CxrError(f"could not join the training cluster ({where}): {first}; start the "
                        "same command on every machine, process 0 on the coordinator's") from None
+    _JOINED.append(cluster)
 
 
 def _rendezvous(cluster: Cluster) -> None:
@@ -158,3 +173,86 @@ def _rendezvous(cluster: Cluster) -> None:
                     conn.sendall(message)
                 except OSError:
                     pass
+
+
+class Meetings:
+    """Where the processes of a cluster wait for each other, with the cluster's ``timeout_s``.
+
+    Gloo, which carries JAX's collectives between CPU processes, gives a late peer 30 s at the
+    creation of every collective group (its key exchange) and then ends both processes with a
+    native abort. So the processes meet here first, through JAX's coordination service (its
+    key-value store, whose waits take any timeout): before the first step (compiled ahead, so that
+    compilation time does not count), at the run driver's barriers, and where the chief's
+    decision is shared. A process missing past ``timeout_s`` gives every process one line that
+    names it, and the processes that gave up leave a note, so that a latecomer stops with the same
+    line instead of waiting for peers that are gone.
+    """
+
+    POLL_S = 0.05
+    PREFIX = "cxraug"
+
+    def __init__(self, client: Any, rank: int, count: int, timeout_s: float) -> None:
+        self.client, self.rank, self.count = client, int(rank), int(count)
+        self.timeout_s = float(timeout_s)
+        self.waited: dict[str, float] = {}  # meeting -> seconds this process waited there
+
+    @classmethod
+    def of_jax(cls, timeout_s: float) -> Meetings:
+        import jax
+        from jax._src import distributed
+
+        client = distributed.global_state.client
+        if client is None:
+            raise CxrError("internal: Meetings need jax.distributed to be initialized")
+        return cls(client, jax.process_index(), jax.process_count(), timeout_s)
+
+    def _abort_reason(self) -> str | None:
+        try:
+            return self.client.key_value_try_get(f"{self.PREFIX}/abort")
+        except Exception:  # noqa: BLE001 - "not found" is an exception here
+            return None
+
+    def meet(self, name: str) -> float:
+        """Wait until every process has reached ``name``; returns the seconds waited."""
+        import time
+
+        start = time.monotonic()
+        self.client.key_value_set(f"{self.PREFIX}/meet/{name}/{self.rank}", "1")
+        deadline = start + self.timeout_s
+        while True:
+            here = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
+                f"{self.PREFIX}/meet/{name}/")}
+            if len(here) >= self.count:
+                break
+            reason = self._abort_reason()
+            if reason is not None:
+                raise CxrError(reason)
+            if time.monotonic() >= deadline:
+                missing = sorted(set(range(self.count)) - here)
+                reason = (f"training cluster: process(es) {', '.join(map(str, missing))} of "
+                          f"{self.count} did not reach '{name}' within {self.timeout_s:g} s of "
+                          f"process(es) {', '.join(map(str, sorted(here)))}; the run folder "
+                          "keeps its last checkpoint: rerun the same commands with --resume")
+                try:
+                    self.client.key_value_set(f"{self.PREFIX}/abort", reason)
+                except Exception:  # noqa: BLE001 - another process wrote it first
+                    pass
+                raise CxrError(reason)
+            time.sleep(self.POLL_S)
+        waited = time.monotonic() - start
+        self.waited[name] = waited
+        return waited
+
+    def share(self, name: str, value: str) -> str:
+        """The chief's ``value`` on every process (the others' ``value`` is ignored)."""
+        key = f"{self.PREFIX}/share/{name}"
+        if self.rank == 0:
+            self.client.key_value_set(key, value)
+            return value
+        try:
+            return self.client.blocking_key_value_get(key, int(self.timeout_s * 1000))
+        except Exception:  # noqa: BLE001 - the coordination service's DEADLINE_EXCEEDED
+            reason = self._abort_reason() or (
+                f"training cluster: process 0 did not share '{name}' within "
+                f"{self.timeout_s:g} s; rerun the same commands with --resume")
+            raise CxrError(reason) from None

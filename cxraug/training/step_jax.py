@@ -105,6 +105,12 @@ class JaxTrainer(TrainerBase):
         self._step = jax.jit(self._pure_step, donate_argnums=(0,))
         self._last: dict[str, Any] = {}
         self._synced = True
+        # several processes: they meet through the coordination service, not gloo (cluster.py)
+        from .cluster import meetings
+
+        self.meetings = meetings() if self.process_count > 1 else None
+        self._meetings_held = 0
+        self._compiled = self.meetings is None
 
     # ------------------------------------------------------------------------------ the step
     def _pure_step(self, state: dict[str, Any], real: Any, labels: Any,
@@ -240,22 +246,35 @@ class JaxTrainer(TrainerBase):
             return value
         return value.addressable_data(0)
 
-    def agree(self, flag: bool) -> bool:
-        if self.process_count == 1:
-            return flag
-        from jax.experimental import multihost_utils
+    def _meeting(self, name: str) -> str:
+        self._meetings_held += 1
+        return f"{name}-{self._meetings_held}"
 
-        return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(flag))))
+    def agree(self, flag: bool) -> bool:
+        if self.meetings is None:
+            return flag
+        return self.meetings.share(self._meeting("agree"), "1" if flag else "0") == "1"
 
     def barrier(self, name: str) -> None:
-        if self.process_count > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"cxraug-{name}")
+        if self.meetings is not None:
+            self.meetings.meet(self._meeting(name))
 
     def train_step(self, real: Any, labels: Any) -> dict[str, Any]:
-        """One full step. Returns the step's numbers as device arrays; nothing is read back."""
-        self.state, self._last = self._step(self.state, self._place(real), self._place(labels))
+        """One full step. Returns the step's numbers as device arrays; nothing is read back.
+
+        With several processes the first call compiles the step ahead, then waits for the other
+        processes (up to the cluster's timeout), so that they enter its collectives together:
+        a process that compiles slower, loads later or shares its machine is waited for."""
+        real, labels = self._place(real), self._place(labels)
+        if not self._compiled:
+            assert self.meetings is not None
+            self._step = self._step.lower(self.state, real, labels).compile()
+            self._compiled = True
+            waited = self.meetings.meet(self._meeting("first-step"))
+            if waited > 5:
+                print(f"process {self.process_index}: waited {waited:.0f} s for the other "
+                      "processes before the first step", flush=True)
+        self.state, self._last = self._step(self.state, real, labels)
         self._synced = False
         return self._last
 
