@@ -180,6 +180,7 @@ def train(
     coordinator: Annotated[str | None, typer.Option(help="Train across machines (JAX): host:port of process 0, or 'auto' under Slurm/Open MPI. Run the same command on every machine; process 0 writes the run.")] = None,
     processes: Annotated[int | None, typer.Option(help="With --coordinator host:port: how many processes (machines) train together.")] = None,
     process_id: Annotated[int | None, typer.Option(help="With --coordinator host:port: this process's rank (0 on the coordinator's machine).")] = None,
+    cluster_timeout: Annotated[int, typer.Option(help="With --coordinator: seconds the processes wait for each other (to start, before the first step, at every meeting) before they stop with an error naming the late one.")] = 300,
 ) -> None:
     """Train a conditional GAN from a recipe.
 
@@ -218,7 +219,7 @@ def train(
     if coordinator is not None:
         from .training.cluster import Cluster
 
-        cluster = Cluster(coordinator, processes, process_id)
+        cluster = Cluster(coordinator, processes, process_id, timeout_s=cluster_timeout)
         cluster.check(backend)
     elif processes is not None or process_id is not None:
         raise CxrError("--processes/--process-id go with --coordinator host:port (training "
@@ -428,6 +429,18 @@ def demo(
     typer.echo(result.summary())
 
 
+def _leave_cluster(code: int) -> None:
+    """A process of a training cluster that stops with an error exits now: JAX's exit handler
+    would wait at its shutdown barrier for peers that are gone (minutes), then abort with native
+    stack traces. Its run folder is as a checkpoint left it (every write is atomic)."""
+    from .training.cluster import joined
+
+    if joined():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     # TensorFlow's C++ log (cuInit failures on CPU-only machines, graph attribute notices) buries
@@ -441,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
     except CxrError as exc:
         typer.echo(f"error: {exc}", err=True)
+        _leave_cluster(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         typer.echo("interrupted: finished work is kept and nothing half-written is left; "

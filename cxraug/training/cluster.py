@@ -42,6 +42,9 @@ class Cluster:
             if self.processes is None or self.process_id is None:
                 raise CxrError("--coordinator host:port needs --processes N and --process-id I "
                                "(0 on the coordinator's machine)")
+        if self.timeout_s < 1:
+            raise CxrError(f"--cluster-timeout {self.timeout_s}: give a positive number of "
+                           "seconds (default 300)")
         if self.processes is not None and self.processes < 1:
             raise CxrError(f"--processes {self.processes}: give a positive number")
         if self.process_id is not None and not (
@@ -55,6 +58,11 @@ class Cluster:
 
 #: The cluster this process joined (:func:`join`), for :func:`meetings`.
 _JOINED: list[Cluster] = []
+
+
+def joined() -> bool:
+    """Whether this process joined a training cluster (``jax.distributed``)."""
+    return bool(_JOINED)
 
 
 def meetings() -> Meetings | None:
