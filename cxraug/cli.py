@@ -429,16 +429,18 @@ def demo(
     typer.echo(result.summary())
 
 
-def _leave_cluster(code: int) -> None:
-    """A process of a training cluster that stops with an error exits now: JAX's exit handler
-    would wait at its shutdown barrier for peers that are gone (minutes), then abort with native
-    stack traces. Its run folder is as a checkpoint left it (every write is atomic)."""
-    from .training.cluster import joined
+def _leave_cluster(exc: CxrError) -> None:
+    """A process of a training cluster that stops with an error tells the others why, then
+    exits now: JAX's exit handler would wait at its shutdown barrier for peers that are gone
+    (minutes), then abort with native stack traces. Its run folder is as a checkpoint left it
+    (every write is atomic)."""
+    from .training.cluster import farewell, joined
 
     if joined():
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        farewell(str(exc))
+        os._exit(exc.exit_code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
     except CxrError as exc:
         typer.echo(f"error: {exc}", err=True)
-        _leave_cluster(exc.exit_code)
+        _leave_cluster(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         typer.echo("interrupted: finished work is kept and nothing half-written is left; "

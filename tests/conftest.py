@@ -51,8 +51,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def jax_side() -> dict[str, object]:
-    """The background processes' results (waits for them): ``{"root", "probe", "runs", "tf"}``
-    (``tf``: TensorFlow's probe of the same recipes with the same weights)."""
+    """The background processes' results (waits for them): ``{"root", "probe", "runs", "tf",
+    "peers"}`` (``tf``: TensorFlow's probe of the same recipes with the same weights; ``peers``:
+    tests/cluster_peers.py's runs with a late process)."""
     import json
 
     if not JAX_SIDE:
@@ -64,7 +65,8 @@ def jax_side() -> dict[str, object]:
     def last_line(name: str) -> dict[str, object]:
         return json.loads((root / name).read_text().strip().splitlines()[-1])
 
-    return {"root": root, **last_line("stdout"), "tf": last_line("tf.stdout")}
+    return {"root": root, **last_line("stdout"), "tf": last_line("tf.stdout"),
+            "peers": last_line("peers.out")}
 NIH_SAMPLE = Path(os.environ.get("CXRAUG_NIH_SAMPLE", _DEFAULT_SAMPLE))
 
 

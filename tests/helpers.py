@@ -121,6 +121,7 @@ def start_and_stop(args: list[str], images: Path, at_least: int, sig: int) -> in
 
 # --------------------------------------------------------------- the JAX side of test_backends
 JAX_PROBE = REPO / "tests" / "backend_probe.py"
+CLUSTER_PEERS = REPO / "tests" / "cluster_peers.py"
 #: smoke-32 with EMA, DiffAugment and ADA: all the state a JAX resume must carry
 JAX_OVERRIDES = {"train.epochs": 3, "train.checkpoint_every": 1, "train.steps_per_epoch": 3,
                  "train.keep_checkpoints": 5, "train.ema_decay": 0.99,
@@ -132,8 +133,8 @@ def start_jax_side() -> dict[str, object]:
     foreground keep the cores first), so that they overlap the rest of the suite. JAX makes its
     own phantom cache, probes every recipe (saving the weights), and trains: straight, cut at step
     4 and resumed; then two ``cxraug train`` processes train together (``--coordinator``, two
-    forced CPU devices each: four devices in all); then TensorFlow probes the same recipes with
-    those weights."""
+    forced CPU devices each: four devices in all); then the same with one process held up
+    (tests/cluster_peers.py); then TensorFlow probes the same recipes with those weights."""
     import socket
     import tempfile
 
@@ -163,16 +164,29 @@ def start_jax_side() -> dict[str, object]:
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
                         "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
     py, probe = shlex.quote(sys.executable), shlex.quote(str(JAX_PROBE))
-    with socket.socket() as s:  # a free port for the coordinator
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    def free_port() -> int:  # for a coordinator
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            return s.getsockname()[1]
+
+    port = free_port()
     sets = " ".join(f"--set {k}={','.join(v) if isinstance(v, list) else v}"
                     for k, v in {**JAX_OVERRIDES, "train.epochs": 1}.items())
     worker = (f"{py} -m cxraug.cli train --recipe smoke-32 --data cache.h5 --out cluster {sets} "
               f"--coordinator localhost:{port} --processes 2 --process-id")
+    # then the same run with process 1 held up (tests/cluster_peers.py): 45 s, within the
+    # cluster's timeout; and 60 s, past a timeout of 40 s. Both at once.
+    peers = {"pairs": [
+        {"name": name, "pause": pause,
+         "cmd": [*shlex.split(worker.replace(f"localhost:{port}", f"localhost:{free_port()}")
+                              .replace("--out cluster", f"--out {name}")),
+                 "{rank}", "--cluster-timeout", str(timeout)]}
+        for name, pause, timeout in (("late", 45, 300), ("gone", 60, 40))]}
+    (root / "peers.json").write_text(json.dumps(peers))
     script = (f"{py} {probe} job.json > stdout 2> stderr && "
               f"{{ {worker} 1 > p1.out 2> p1.err & {worker} 0 > p0.out 2> p0.err; "
               "a=$?; wait $!; b=$?; [ $a = 0 ] && [ $b = 0 ]; } && "
+              f"{py} {shlex.quote(str(CLUSTER_PEERS))} peers.json > peers.out 2> stderr && "
               f"KERAS_BACKEND=tensorflow XLA_FLAGS= {py} {probe} tf.json > tf.stdout 2> stderr")
     proc = subprocess.Popen(["bash", "-c", script], cwd=root, env=env,
                             preexec_fn=lambda: os.nice(10))

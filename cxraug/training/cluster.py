@@ -65,13 +65,29 @@ def joined() -> bool:
     return bool(_JOINED)
 
 
+#: The meetings of this process (:func:`meetings`), for :func:`farewell`.
+_MEETINGS: list[Meetings] = []
+
+
 def meetings() -> Meetings | None:
     """Where the processes of the joined cluster wait for each other (None: one process)."""
     import jax
 
     if not _JOINED or jax.process_count() < 2:
         return None
-    return Meetings.of_jax(_JOINED[-1].timeout_s)
+    if not _MEETINGS:
+        _MEETINGS.append(Meetings.of_jax(_JOINED[-1].timeout_s))
+    return _MEETINGS[-1]
+
+
+def farewell(reason: str) -> None:
+    """Before a process of the cluster exits with an error: the others learn why at their next
+    meeting (instead of waiting out the timeout), and a process that gave up on late peers waits
+    up to another ``timeout_s`` for them to read it. The process that hosts the coordination
+    service (process 0) must outlive that reading: a peer that finds the service gone is ended
+    by JAX with a native abort instead of the one line."""
+    if _MEETINGS:
+        _MEETINGS[-1].farewell(reason)
 
 
 def join(cluster: Cluster, backend: str) -> None:
@@ -191,9 +207,11 @@ class Meetings:
     native abort. So the processes meet here first, through JAX's coordination service (its
     key-value store, whose waits take any timeout): before the first step (compiled ahead, so that
     compilation time does not count), at the run driver's barriers, and where the chief's
-    decision is shared. A process missing past ``timeout_s`` gives every process one line that
-    names it, and the processes that gave up leave a note, so that a latecomer stops with the same
-    line instead of waiting for peers that are gone.
+    decision is shared. Whether a meeting goes on or stops is decided once, by the first process
+    to write its decision (the store refuses a second write), so that no process goes on into a
+    collective that another has left. A process missing past ``timeout_s`` gives every process
+    one line that names it; the processes that gave up wait for the latecomer to read that line
+    (:func:`farewell`).
     """
 
     POLL_S = 0.05
@@ -203,6 +221,7 @@ class Meetings:
         self.client, self.rank, self.count = client, int(rank), int(count)
         self.timeout_s = float(timeout_s)
         self.waited: dict[str, float] = {}  # meeting -> seconds this process waited there
+        self.late: list[int] = []  # the processes this one gave up on
 
     @classmethod
     def of_jax(cls, timeout_s: float) -> Meetings:
@@ -214,39 +233,71 @@ class Meetings:
             raise CxrError("internal: Meetings need jax.distributed to be initialized")
         return cls(client, jax.process_index(), jax.process_count(), timeout_s)
 
-    def _abort_reason(self) -> str | None:
+    # ------------------------------------------------------------------ the key-value store
+    def _get(self, key: str) -> str | None:
         try:
-            return self.client.key_value_try_get(f"{self.PREFIX}/abort")
+            return self.client.key_value_try_get(key)
         except Exception:  # noqa: BLE001 - "not found" is an exception here
             return None
+
+    def _set(self, key: str, value: str) -> bool:
+        """Write ``key`` unless it is there already; whether this process wrote it."""
+        try:
+            self.client.key_value_set(key, value)
+            return True
+        except Exception:  # noqa: BLE001 - ALREADY_EXISTS: another process wrote it first
+            return False
+
+    def _decide(self, key: str, value: str) -> str:
+        """The one decision of ``key``: ``value`` if this process is first, else the other's."""
+        if self._set(key, value):
+            return value
+        decided = self._get(key)
+        return value if decided is None else decided
+
+    def _stop(self, reason: str) -> CxrError:
+        """The run stops for ``reason``: note it for every process and acknowledge reading it
+        (the process that gave up waits for that before it exits)."""
+        self._set(f"{self.PREFIX}/abort", reason)
+        self._set(f"{self.PREFIX}/read/{self.rank}", "1")
+        return CxrError(reason)
+
+    # ------------------------------------------------------------------------ what callers use
+    def check(self) -> None:
+        """Stop here with the reason if another process has stopped the run."""
+        reason = self._get(f"{self.PREFIX}/abort")
+        if reason is not None:
+            raise self._stop(reason)
 
     def meet(self, name: str) -> float:
         """Wait until every process has reached ``name``; returns the seconds waited."""
         import time
 
         start = time.monotonic()
-        self.client.key_value_set(f"{self.PREFIX}/meet/{name}/{self.rank}", "1")
+        self._set(f"{self.PREFIX}/meet/{name}/{self.rank}", "1")
         deadline = start + self.timeout_s
         while True:
+            self.check()
             here = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
                 f"{self.PREFIX}/meet/{name}/")}
             if len(here) >= self.count:
-                break
-            reason = self._abort_reason()
-            if reason is not None:
-                raise CxrError(reason)
-            if time.monotonic() >= deadline:
-                missing = sorted(set(range(self.count)) - here)
-                reason = (f"training cluster: process(es) {', '.join(map(str, missing))} of "
-                          f"{self.count} did not reach '{name}' within {self.timeout_s:g} s of "
+                verdict = self._decide(f"{self.PREFIX}/decided/{name}", "go")
+            elif time.monotonic() >= deadline:
+                late = sorted(set(range(self.count)) - here)
+                where = name.rsplit("-", 1)[0].replace("-", " ")  # "first-step-2": a counter
+                reason = (f"training cluster: process(es) {', '.join(map(str, late))} of "
+                          f"{self.count} did not reach the {where} within {self.timeout_s:g} s of "
                           f"process(es) {', '.join(map(str, sorted(here)))}; the run folder "
                           "keeps its last checkpoint: rerun the same commands with --resume")
-                try:
-                    self.client.key_value_set(f"{self.PREFIX}/abort", reason)
-                except Exception:  # noqa: BLE001 - another process wrote it first
-                    pass
-                raise CxrError(reason)
-            time.sleep(self.POLL_S)
+                verdict = self._decide(f"{self.PREFIX}/decided/{name}", reason)
+                if verdict == reason:
+                    self.late = late
+            else:
+                time.sleep(self.POLL_S)
+                continue
+            if verdict != "go":
+                raise self._stop(verdict)
+            break
         waited = time.monotonic() - start
         self.waited[name] = waited
         return waited
@@ -255,12 +306,30 @@ class Meetings:
         """The chief's ``value`` on every process (the others' ``value`` is ignored)."""
         key = f"{self.PREFIX}/share/{name}"
         if self.rank == 0:
-            self.client.key_value_set(key, value)
+            self._set(key, value)
             return value
         try:
             return self.client.blocking_key_value_get(key, int(self.timeout_s * 1000))
         except Exception:  # noqa: BLE001 - the coordination service's DEADLINE_EXCEEDED
-            reason = self._abort_reason() or (
-                f"training cluster: process 0 did not share '{name}' within "
-                f"{self.timeout_s:g} s; rerun the same commands with --resume")
-            raise CxrError(reason) from None
+            self.check()
+            raise self._stop(f"training cluster: process 0 did not share '{name}' within "
+                             f"{self.timeout_s:g} s; rerun the same commands with --resume"
+                             ) from None
+
+    def farewell(self, reason: str) -> None:
+        """See :func:`farewell`."""
+        import time
+
+        self._set(f"{self.PREFIX}/abort", reason)
+        if not self.late:
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            try:
+                read = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
+                    f"{self.PREFIX}/read/")}
+            except Exception:  # noqa: BLE001 - the service is going away: nothing to wait for
+                return
+            if read >= set(self.late):
+                return
+            time.sleep(self.POLL_S)

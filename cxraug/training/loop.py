@@ -168,12 +168,14 @@ class _Run:
         self.chief = chief  # only the chief of several processes writes (see .cluster)
         self.bar: Any = None  # a progress bar while training runs
 
-    def log(self, message: str, echo: bool = False) -> None:
+    def log(self, message: str, echo: bool = False, quiet: bool = False) -> None:
+        """A line in the run's log.txt, and on the console when ``echo`` or in progress mode
+        (never when ``quiet``: the CLI prints the line itself)."""
         if not self.chief:
             return
         with open(self.paths.log, "a", encoding="utf-8") as handle:
             handle.write(f"{_now()} {message}\n")
-        if echo or self.progress:
+        if (echo or self.progress) and not quiet:
             (self.bar.write if self.bar is not None else print)(message, file=sys.stderr)
 
     def save_info(self, **changes: Any) -> None:
@@ -288,7 +290,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     trainer = make_trainer(recipe, dataset.num_classes, devices)
     chief = trainer.is_chief
     # every process has checked the folder (above) before the chief writes into it
-    trainer.barrier("checked")
+    trainer.barrier("run-checks")
 
     if chief:
         out.mkdir(parents=True, exist_ok=True)
@@ -512,7 +514,8 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
         _diverged(run, exc, last_ckpt, paths)
     except BaseException as exc:
         run.bar.close()
-        run.log(f"failed: {type(exc).__name__}: {exc}")
+        # a user error is printed once, by the CLI, as its `error:` line
+        run.log(f"failed: {type(exc).__name__}: {exc}", quiet=isinstance(exc, CxrError))
         run.save_info(status="failed", ended=_now(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:

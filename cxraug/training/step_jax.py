@@ -268,6 +268,7 @@ class JaxTrainer(TrainerBase):
         real, labels = self._place(real), self._place(labels)
         if not self._compiled:
             assert self.meetings is not None
+            self.meetings.check()  # a process that was held up learns at once that the run stopped
             self._step = self._step.lower(self.state, real, labels).compile()
             self._compiled = True
             waited = self.meetings.meet(self._meeting("first-step"))
