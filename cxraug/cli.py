@@ -429,7 +429,7 @@ def demo(
     typer.echo(result.summary())
 
 
-def _leave_cluster(exc: CxrError) -> None:
+def _leave_cluster(reason: str, code: int) -> None:
     """A process of a training cluster that stops with an error tells the others why, then
     exits now: JAX's exit handler would wait at its shutdown barrier for peers that are gone
     (minutes), then abort with native stack traces. Its run folder is as a checkpoint left it
@@ -439,8 +439,8 @@ def _leave_cluster(exc: CxrError) -> None:
     if joined():
         sys.stdout.flush()
         sys.stderr.flush()
-        farewell(str(exc))
-        os._exit(exc.exit_code)
+        farewell(reason)
+        os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
     except CxrError as exc:
         typer.echo(f"error: {exc}", err=True)
-        _leave_cluster(exc)
+        _leave_cluster(str(exc), exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         typer.echo("interrupted: finished work is kept and nothing half-written is left; "
@@ -479,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"internal error: {type(exc).__name__}: {exc} "
                    "(set CXRAUG_DEBUG=1 for a traceback and please report it)", err=True)
+        _leave_cluster(f"training cluster: another process stopped with an internal error "
+                       f"({type(exc).__name__}); see its output", 1)
         return 1
     return 0
 

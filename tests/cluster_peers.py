@@ -4,9 +4,14 @@ overlap the rest of the suite.
 
 Usage: ``python cluster_peers.py job.json > result.json``. Each pair in the job is two ``cxraug
 train --coordinator`` processes (the command with ``{rank}``); process 1 is stopped (SIGSTOP) as
-soon as process 0 says ``started:`` and continued ``pause`` seconds later. All pairs run at once.
-Prints, per pair: both exit codes, the seconds from the continue to each exit, both logs.
+soon as process 0 says ``started:`` (before the processes meet to share the state and compile
+the step), and continued ``pause`` seconds after process 0 said it waits for it at a meeting (so
+process 0 waited ``pause`` + 10 s there), or, with ``"until": "error: "``, once process 0 has
+printed that (it gave up). Events, not a fixed schedule: the test means the same on a busy
+machine. All pairs run at once. Prints, per pair: both exit codes, the seconds from the continue
+to each exit, both logs.
 """
+
 
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+#: What process 0 prints once it has waited 10 s for process 1 at a meeting.
+WAITING = "waiting for process(es) 1 at the"
 
 
 def main(job_path: str) -> None:
@@ -36,14 +44,19 @@ def main(job_path: str) -> None:
                     p.kill()
             break
         for pair in pairs:
-            if pair["stopped"] is None and ("started:" in pair["logs"][0].read_text()
-                                            or pair["procs"][0].poll() is not None):
-                pair["procs"][1].send_signal(signal.SIGSTOP)
-                pair["stopped"] = now
-            elif pair["resumed"] is None and pair["stopped"] is not None and \
-                    now - pair["stopped"] >= pair["pause"]:
-                pair["procs"][1].send_signal(signal.SIGCONT)
-                pair["resumed"] = now
+            log0, (p0, p1) = pair["logs"][0].read_text(), pair["procs"]
+            if pair["stopped"] is None:
+                if "started:" in log0 or p0.poll() is not None:
+                    p1.send_signal(signal.SIGSTOP)
+                    pair["stopped"] = now
+            elif pair["resumed"] is None:
+                if WAITING in log0 and pair.get("waiting") is None:
+                    pair["waiting"] = now
+                due = (pair["until"] in log0 if pair.get("until") else
+                       pair.get("waiting") is not None and now - pair["waiting"] >= pair["pause"])
+                if due or p0.poll() is not None:
+                    p1.send_signal(signal.SIGCONT)
+                    pair["resumed"] = now
             for rank, p in enumerate(pair["procs"]):
                 if p.poll() is not None and f"exit{rank}" not in pair:
                     pair[f"exit{rank}"] = now

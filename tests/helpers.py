@@ -174,14 +174,16 @@ def start_jax_side() -> dict[str, object]:
                     for k, v in {**JAX_OVERRIDES, "train.epochs": 1}.items())
     worker = (f"{py} -m cxraug.cli train --recipe smoke-32 --data cache.h5 --out cluster {sets} "
               f"--coordinator localhost:{port} --processes 2 --process-id")
-    # then the same run with process 1 held up (tests/cluster_peers.py): 45 s, within the
-    # cluster's timeout; and 60 s, past a timeout of 40 s. Both at once.
+    # then the same run with process 1 held up at the first step (tests/cluster_peers.py): 45 s
+    # more, within the cluster's timeout; and until process 0 gives up, with a timeout of 40 s.
+    # Both at once.
     peers = {"pairs": [
-        {"name": name, "pause": pause,
+        {"name": name, "pause": pause, "until": until,
          "cmd": [*shlex.split(worker.replace(f"localhost:{port}", f"localhost:{free_port()}")
                               .replace("--out cluster", f"--out {name}")),
                  "{rank}", "--cluster-timeout", str(timeout)]}
-        for name, pause, timeout in (("late", 45, 300), ("gone", 60, 40))]}
+        for name, pause, until, timeout in (("late", 45, None, 300),
+                                            ("gone", None, "error: ", 40))]}
     (root / "peers.json").write_text(json.dumps(peers))
     script = (f"{py} {probe} job.json > stdout 2> stderr && "
               f"{{ {worker} 1 > p1.out 2> p1.err & {worker} 0 > p0.out 2> p0.err; "

@@ -83,9 +83,9 @@ def meetings() -> Meetings | None:
 def farewell(reason: str) -> None:
     """Before a process of the cluster exits with an error: the others learn why at their next
     meeting (instead of waiting out the timeout), and a process that gave up on late peers waits
-    up to another ``timeout_s`` for them to read it. The process that hosts the coordination
-    service (process 0) must outlive that reading: a peer that finds the service gone is ended
-    by JAX with a native abort instead of the one line."""
+    up to another ``timeout_s`` (at least a minute) for them to read it. The process that hosts
+    the coordination service (process 0) must outlive that reading: a peer that finds the service
+    gone is ended by JAX with a native abort instead of the one line."""
     if _MEETINGS:
         _MEETINGS[-1].farewell(reason)
 
@@ -103,7 +103,11 @@ def join(cluster: Cluster, backend: str) -> None:
         _rendezvous(cluster)
     # CPU devices of several processes talk through gloo (GPUs use NCCL regardless)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs: dict[str, object] = {"initialization_timeout": int(cluster.timeout_s)}
+    # a process that misses heartbeats this long is declared dead and JAX aborts every process:
+    # not before the timeout the processes give a late peer (JAX's default is 100 s)
+    kwargs: dict[str, object] = {"initialization_timeout": int(cluster.timeout_s),
+                                 "heartbeat_timeout_seconds": int(max(100, cluster.timeout_s
+                                                                      + Meetings.MIN_LINGER_S))}
     if cluster.coordinator != AUTO:
         kwargs.update(coordinator_address=cluster.coordinator,
                       num_processes=cluster.processes, process_id=cluster.process_id)
@@ -216,6 +220,10 @@ class Meetings:
 
     POLL_S = 0.05
     PREFIX = "cxraug"
+    #: A process that waits this long at a meeting says for whom.
+    SAY_AFTER_S = 10.0
+    #: The least a process that gave up waits for the latecomers to read why (else timeout_s).
+    MIN_LINGER_S = 60.0
 
     def __init__(self, client: Any, rank: int, count: int, timeout_s: float) -> None:
         self.client, self.rank, self.count = client, int(rank), int(count)
@@ -276,6 +284,8 @@ class Meetings:
         start = time.monotonic()
         self._set(f"{self.PREFIX}/meet/{name}/{self.rank}", "1")
         deadline = start + self.timeout_s
+        where = name.rsplit("-", 1)[0].replace("-", " ")  # "first-step-2": a counter
+        said = False
         while True:
             self.check()
             here = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
@@ -284,7 +294,6 @@ class Meetings:
                 verdict = self._decide(f"{self.PREFIX}/decided/{name}", "go")
             elif time.monotonic() >= deadline:
                 late = sorted(set(range(self.count)) - here)
-                where = name.rsplit("-", 1)[0].replace("-", " ")  # "first-step-2": a counter
                 reason = (f"training cluster: process(es) {', '.join(map(str, late))} of "
                           f"{self.count} did not reach the {where} within {self.timeout_s:g} s of "
                           f"process(es) {', '.join(map(str, sorted(here)))}; the run folder "
@@ -293,6 +302,11 @@ class Meetings:
                 if verdict == reason:
                     self.late = late
             else:
+                if not said and time.monotonic() - start > self.SAY_AFTER_S:
+                    missing = ", ".join(map(str, sorted(set(range(self.count)) - here)))
+                    print(f"process {self.rank}: waiting for process(es) {missing} at the "
+                          f"{where} (up to {self.timeout_s:g} s)", flush=True)
+                    said = True
                 time.sleep(self.POLL_S)
                 continue
             if verdict != "go":
@@ -300,6 +314,9 @@ class Meetings:
             break
         waited = time.monotonic() - start
         self.waited[name] = waited
+        if said:
+            print(f"process {self.rank}: waited {waited:.0f} s for the other processes at the "
+                  f"{where}", flush=True)
         return waited
 
     def share(self, name: str, value: str) -> str:
@@ -323,7 +340,7 @@ class Meetings:
         self._set(f"{self.PREFIX}/abort", reason)
         if not self.late:
             return
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + max(self.timeout_s, self.MIN_LINGER_S)
         while time.monotonic() < deadline:
             try:
                 read = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(

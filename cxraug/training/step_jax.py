@@ -99,18 +99,18 @@ class JaxTrainer(TrainerBase):
             "bad_step": jnp.asarray(-1, jnp.int32),
             "bad_values": jnp.zeros((5,), jnp.float32),
         }
-        self.state = self._replicate(self.state)
-        # host-side counters, checkpointed with the state
-        self.host = {"epoch": 0, "epoch_wall": 0.0, "run_seconds": 0.0}
-        self._step = jax.jit(self._pure_step, donate_argnums=(0,))
-        self._last: dict[str, Any] = {}
-        self._synced = True
         # several processes: they meet through the coordination service, not gloo (cluster.py)
         from .cluster import meetings
 
         self.meetings = meetings() if self.process_count > 1 else None
         self._meetings_held = 0
         self._compiled = self.meetings is None
+        self.state = self._replicate(self.state)
+        # host-side counters, checkpointed with the state
+        self.host = {"epoch": 0, "epoch_wall": 0.0, "run_seconds": 0.0}
+        self._step = jax.jit(self._pure_step, donate_argnums=(0,))
+        self._last: dict[str, Any] = {}
+        self._synced = True
 
     # ------------------------------------------------------------------------------ the step
     def _pure_step(self, state: dict[str, Any], real: Any, labels: Any,
@@ -236,6 +236,10 @@ class JaxTrainer(TrainerBase):
         """State on every device of the mesh (every process holds the same values)."""
         if self.mesh is None:
             return tree
+        if self.meetings is not None:
+            # JAX checks that every process puts the same values (an all-gather over gloo, whose
+            # group is made at its first use): the processes get there together first
+            self.meetings.meet(self._meeting("shared-state"))
         return jax.device_put(tree, jax.sharding.NamedSharding(
             self.mesh, jax.sharding.PartitionSpec()))
 
@@ -271,10 +275,7 @@ class JaxTrainer(TrainerBase):
             self.meetings.check()  # a process that was held up learns at once that the run stopped
             self._step = self._step.lower(self.state, real, labels).compile()
             self._compiled = True
-            waited = self.meetings.meet(self._meeting("first-step"))
-            if waited > 5:
-                print(f"process {self.process_index}: waited {waited:.0f} s for the other "
-                      "processes before the first step", flush=True)
+            self.meetings.meet(self._meeting("first-step"))
         self.state, self._last = self._step(self.state, real, labels)
         self._synced = False
         return self._last
