@@ -1,29 +1,24 @@
-"""Late peers for tests/test_cluster_peers.py (issue 24), run by the background JAX side after its
-on-time two-process run (tests/helpers.py ``start_jax_side``), so that the seconds a peer is held
-overlap the rest of the suite.
+"""Late peers for tests/test_cluster_peers.py (issue 24), run by the background JAX side
+(tests/helpers.py ``start_jax_side``), so that the seconds a peer is late overlap the rest of the
+suite.
 
 Usage: ``python cluster_peers.py job.json > result.json``. Each pair in the job is two ``cxraug
-train --coordinator`` processes (the command with ``{rank}``); process 1 is stopped (SIGSTOP) as
-soon as process 0 says ``started:`` (before the processes meet to share the state and compile
-the step), and continued ``pause`` seconds after process 0 said it waits for it at a meeting (so
-process 0 waited ``pause`` + 10 s there), or, with ``"until": "error: "``, once process 0 has
-printed that (it gave up). Events, not a fixed schedule: the test means the same on a busy
-machine. All pairs run at once. Prints, per pair: both exit codes, the seconds from the continue
-to each exit, both logs.
+train --coordinator`` processes (the command with ``{rank}``); process 1 is held before the first
+step (``CXRAUG_TEST_HOLD``, cxraug/training/cluster.py) until process 0 has waited there ``hold``
+seconds (``inf``: until the run stops). A held process still answers JAX's heartbeats, as one that
+compiles slower or shares its machine does; the hold counts from process 0's arrival, so the test
+means the same on a busy machine. All pairs run at once. Prints, per pair: both exit codes, the
+seconds from process 0's ``error:`` line (if any) to each exit, both logs.
 """
-
 
 from __future__ import annotations
 
 import json
-import signal
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-#: What process 0 prints once it has waited 10 s for process 1 at a meeting.
-WAITING = "waiting for process(es) 1 at the"
 
 
 def main(job_path: str) -> None:
@@ -31,10 +26,11 @@ def main(job_path: str) -> None:
     pairs = []
     for pair in job["pairs"]:
         logs = [Path(f"{pair['name']}.p{rank}.log") for rank in (0, 1)]
-        procs = [subprocess.Popen([a.replace("{rank}", str(rank)) for a in pair["cmd"]],
+        env = {**os.environ, "CXRAUG_TEST_HOLD": f"1:first-step:{pair['hold']}"}
+        procs = [subprocess.Popen([a.replace("{rank}", str(rank)) for a in pair["cmd"]], env=env,
                                   stdout=logs[rank].open("w"), stderr=subprocess.STDOUT)
                  for rank in (1, 0)][::-1]
-        pairs.append({**pair, "logs": logs, "procs": procs, "stopped": None, "resumed": None})
+        pairs.append({**pair, "logs": logs, "procs": procs, "error_at": None, "exits": [None] * 2})
     deadline = time.monotonic() + 1200
     while any(p.poll() is None for pair in pairs for p in pair["procs"]):
         now = time.monotonic()
@@ -44,30 +40,18 @@ def main(job_path: str) -> None:
                     p.kill()
             break
         for pair in pairs:
-            log0, (p0, p1) = pair["logs"][0].read_text(), pair["procs"]
-            if pair["stopped"] is None:
-                if "started:" in log0 or p0.poll() is not None:
-                    p1.send_signal(signal.SIGSTOP)
-                    pair["stopped"] = now
-            elif pair["resumed"] is None:
-                if WAITING in log0 and pair.get("waiting") is None:
-                    pair["waiting"] = now
-                due = (pair["until"] in log0 if pair.get("until") else
-                       pair.get("waiting") is not None and now - pair["waiting"] >= pair["pause"])
-                if due or p0.poll() is not None:
-                    p1.send_signal(signal.SIGCONT)
-                    pair["resumed"] = now
+            if pair["error_at"] is None and "error: " in pair["logs"][0].read_text():
+                pair["error_at"] = now
             for rank, p in enumerate(pair["procs"]):
-                if p.poll() is not None and f"exit{rank}" not in pair:
-                    pair[f"exit{rank}"] = now
+                if p.poll() is not None and pair["exits"][rank] is None:
+                    pair["exits"][rank] = now
         time.sleep(0.1)
     now = time.monotonic()
-    result = {pair["name"]: {
+    print(json.dumps({pair["name"]: {
         "codes": [p.returncode for p in pair["procs"]],
-        "after_resume": [pair.get(f"exit{rank}", now) - (pair["resumed"] or now)
-                         for rank in (0, 1)],
-        "logs": [log.read_text() for log in pair["logs"]]} for pair in pairs}
-    print(json.dumps(result))
+        "after_error": [None if pair["error_at"] is None else (e or now) - pair["error_at"]
+                        for e in pair["exits"]],
+        "logs": [log.read_text() for log in pair["logs"]]} for pair in pairs}))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def jax_side() -> dict[str, object]:
     proc, root = JAX_SIDE["proc"], Path(JAX_SIDE["root"])  # type: ignore[arg-type]
     rc = proc.wait(timeout=1800)  # type: ignore[attr-defined]
     assert rc == 0, "\n".join(f"{name}: {(root / name).read_text()[-2000:]}" for name in
-                              ("stderr", "p0.err", "p1.err") if (root / name).is_file())
+                              ("stderr", "peers.out") if (root / name).is_file())
     def last_line(name: str) -> dict[str, object]:
         return json.loads((root / name).read_text().strip().splitlines()[-1])
 

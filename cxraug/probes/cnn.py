@@ -31,23 +31,27 @@ SLOPE = 0.2
 
 
 def _im2col(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``[B, H, W, C]`` -> rows ``[B*H/2*W/2, C*16]`` of 4x4 / stride 2 / pad 1 patches."""
+    """``[B, H, W, C]`` -> rows ``[B*H/2*W/2, 16*C]`` of 4x4 / stride 2 / pad 1 patches, each row
+    ordered (kernel row, kernel column, channel): every copy below moves whole channel runs."""
     b, h, w, c = x.shape
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (KERNEL, KERNEL), axis=(1, 2))
-    win = win[:, ::2, ::2]  # [B, H/2, W/2, C, 4, 4]
-    ho, wo = win.shape[1], win.shape[2]
-    return np.ascontiguousarray(win).reshape(b * ho * wo, c * KERNEL * KERNEL), (b, h, w, c, ho, wo)
+    ho, wo = h // 2, w // 2
+    xp = np.zeros((b, h + 2, w + 2, c), dtype=x.dtype)
+    xp[:, 1:-1, 1:-1, :] = x
+    cols = np.empty((b, ho, wo, KERNEL, KERNEL, c), dtype=x.dtype)
+    for ki in range(KERNEL):
+        for kj in range(KERNEL):
+            cols[:, :, :, ki, kj, :] = xp[:, ki:ki + 2 * ho:2, kj:kj + 2 * wo:2, :]
+    return cols.reshape(b * ho * wo, KERNEL * KERNEL * c), (b, h, w, c, ho, wo)
 
 
 def _col2im(cols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The adjoint of :func:`_im2col`: patch gradients summed back into ``[B, H, W, C]``."""
     b, h, w, c, ho, wo = shape
-    g = cols.reshape(b, ho, wo, c, KERNEL, KERNEL)
+    g = cols.reshape(b, ho, wo, KERNEL, KERNEL, c)
     out = np.zeros((b, h + 2, w + 2, c), dtype=cols.dtype)
     for ki in range(KERNEL):
         for kj in range(KERNEL):
-            out[:, ki:ki + 2 * ho:2, kj:kj + 2 * wo:2, :] += g[:, :, :, :, ki, kj]
+            out[:, ki:ki + 2 * ho:2, kj:kj + 2 * wo:2, :] += g[:, :, :, ki, kj, :]
     return out[:, 1:-1, 1:-1, :]
 
 
@@ -60,8 +64,10 @@ class TinyCnn:
         while s > 4:
             cout = WIDTHS[min(i, len(WIDTHS) - 1)]
             fan_in = cin * KERNEL * KERNEL
-            self.params.append((rng.standard_normal((fan_in, cout)) *
-                                np.sqrt(2.0 / fan_in)).astype(np.float32))
+            w = (rng.standard_normal((fan_in, cout)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+            # drawn in (channel, kernel row, kernel column) order, kept in im2col's order
+            self.params.append(np.ascontiguousarray(w.reshape(cin, KERNEL, KERNEL, cout)
+                                                    .transpose(1, 2, 0, 3).reshape(fan_in, cout)))
             self.params.append(np.zeros(cout, np.float32))
             cin, s, i = cout, s // 2, i + 1
         self.params.append((rng.standard_normal((cin, 1)) / np.sqrt(cin)).astype(np.float32))
@@ -76,9 +82,10 @@ class TinyCnn:
         for k in range(n_conv):
             w, b = self.params[2 * k], self.params[2 * k + 1]
             cols, shape = _im2col(x)
-            pre = cols @ w + b
-            act = np.where(pre > 0, pre, SLOPE * pre)
-            cache.append((cols, shape, pre))
+            pre = cols @ w
+            pre += b
+            act = np.maximum(pre, SLOPE * pre)  # leaky ReLU (SLOPE < 1)
+            cache.append((cols, shape, pre > 0))
             x = act.reshape(shape[0], shape[4], shape[5], -1)
         pooled = x.mean(axis=(1, 2))
         cache.append((pooled, x.shape))
@@ -95,8 +102,9 @@ class TinyCnn:
         b, h, wd, c = xshape
         dx = np.broadcast_to(dpool[:, None, None, :] / (h * wd), xshape)
         for k in range(len(cache) - 2, -1, -1):
-            cols, shape, pre = cache[k]
-            dpre = dx.reshape(-1, dx.shape[-1]) * np.where(pre > 0, 1.0, SLOPE).astype(np.float32)
+            cols, shape, positive = cache[k]
+            d = dx.reshape(-1, dx.shape[-1])
+            dpre = np.where(positive, d, SLOPE * d)
             grads[2 * k] = cols.T @ dpre
             grads[2 * k + 1] = dpre.sum(0)
             if k > 0:

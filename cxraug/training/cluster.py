@@ -56,6 +56,9 @@ class Cluster:
                            "KERAS_BACKEND=jax on every machine (pip install 'cxraug[jax-cuda]')")
 
 
+#: Seconds without a heartbeat before JAX declares a process lost (at least; see :func:`join`).
+HEARTBEAT_S = 600
+
 #: The cluster this process joined (:func:`join`), for :func:`meetings`.
 _JOINED: list[Cluster] = []
 
@@ -103,11 +106,12 @@ def join(cluster: Cluster, backend: str) -> None:
         _rendezvous(cluster)
     # CPU devices of several processes talk through gloo (GPUs use NCCL regardless)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # a process that misses heartbeats this long is declared dead and JAX aborts every process:
-    # not before the timeout the processes give a late peer (JAX's default is 100 s)
+    # a process that misses heartbeats this long (stopped, swapped out, its machine lost) is
+    # declared dead and JAX aborts every process: JAX's 100 s would cut the wait for a late
+    # peer short (measured: a process stopped while its peer compiled on a busy machine)
     kwargs: dict[str, object] = {"initialization_timeout": int(cluster.timeout_s),
-                                 "heartbeat_timeout_seconds": int(max(100, cluster.timeout_s
-                                                                      + Meetings.MIN_LINGER_S))}
+                                 "heartbeat_timeout_seconds": int(max(
+                                     HEARTBEAT_S, 2 * cluster.timeout_s + Meetings.MIN_LINGER_S))}
     if cluster.coordinator != AUTO:
         kwargs.update(coordinator_address=cluster.coordinator,
                       num_processes=cluster.processes, process_id=cluster.process_id)
@@ -281,6 +285,7 @@ class Meetings:
         """Wait until every process has reached ``name``; returns the seconds waited."""
         import time
 
+        self._test_hold(name)
         start = time.monotonic()
         self._set(f"{self.PREFIX}/meet/{name}/{self.rank}", "1")
         deadline = start + self.timeout_s
@@ -318,6 +323,31 @@ class Meetings:
             print(f"process {self.rank}: waited {waited:.0f} s for the other processes at the "
                   f"{where}", flush=True)
         return waited
+
+    def _test_hold(self, name: str) -> None:
+        """A late process, for the tests: ``CXRAUG_TEST_HOLD=RANK:MEETING:SECONDS`` holds process
+        RANK before meeting MEETING (e.g. ``first-step``) until every other process has waited
+        there SECONDS (``inf``: until the run stops), still answering JAX's heartbeats, as a
+        process that compiles slower or shares its machine does."""
+        import os
+        import time
+
+        hold = os.environ.get("CXRAUG_TEST_HOLD", "")
+        if not hold:
+            return
+        rank, meeting, seconds = hold.split(":")
+        if int(rank) != self.rank or name.rsplit("-", 1)[0] != meeting:
+            return
+        others = set(range(self.count)) - {self.rank}
+        since = None
+        while self._get(f"{self.PREFIX}/abort") is None:
+            here = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
+                f"{self.PREFIX}/meet/{name}/")}
+            if others <= here:
+                since = since if since is not None else time.monotonic()
+                if time.monotonic() - since >= float(seconds):
+                    return
+            time.sleep(self.POLL_S)
 
     def share(self, name: str, value: str) -> str:
         """The chief's ``value`` on every process (the others' ``value`` is ignored)."""
