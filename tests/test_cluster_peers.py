@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from cxraug.training.cluster import Meetings
+
 
 def _logs(run: dict) -> str:
     """Both processes' output without native stack frames (for a failing assertion)."""
@@ -27,6 +29,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_a_peer_55_s_late_is_waited_for_and_the_run_is_the_same(jax_side: dict) -> None:
     """The late run is tests/test_backends.py's two-process run, which must equal the
     one-process run (test_two_processes_train_together_as_one)."""
@@ -43,6 +46,7 @@ def test_a_peer_55_s_late_is_waited_for_and_the_run_is_the_same(jax_side: dict) 
         assert float(held_up[key]) == pytest.approx(straight[key], rel=1e-4, abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_a_peer_later_than_the_timeout_stops_both_with_one_line(jax_side: dict) -> None:
     gone = jax_side["peers"]["gone"]
     assert gone["codes"] == [2, 2], _logs(gone)
@@ -54,6 +58,7 @@ def test_a_peer_later_than_the_timeout_stops_both_with_one_line(jax_side: dict) 
         assert "--resume" in errors[0]
         assert "Terminating process" not in log and "Traceback" not in log
         assert "failed:" not in log and "internal error" not in log
-    # process 0 gave up 40 s after it arrived and waited for process 1 to read why; process 1
-    # stopped as soon as it read it, then process 0 too: seconds, not minutes
-    assert max(gone["after_error"]) < 30, gone["after_error"]
+    # process 0 gave up 40 s after it arrived and waited for process 1 to read why (up to a
+    # minute: process 1 may still be compiling on a busy machine); process 1 stopped as soon as
+    # it read it, then process 0 too: within that minute, not JAX's minutes at its shutdown
+    assert max(gone["after_error"]) < Meetings.MIN_LINGER_S + 15, gone["after_error"]
