@@ -260,6 +260,11 @@ class Meetings:
         except Exception:  # noqa: BLE001 - ALREADY_EXISTS: another process wrote it first
             return False
 
+    def _ranks(self, directory: str) -> set[int]:
+        """The ranks that wrote a key under ``directory`` (keys end in ``/<rank>``)."""
+        return {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
+            f"{self.PREFIX}/{directory}/")}
+
     def _decide(self, key: str, value: str) -> str:
         """The one decision of ``key``: ``value`` if this process is first, else the other's."""
         if self._set(key, value):
@@ -293,8 +298,7 @@ class Meetings:
         said = False
         while True:
             self.check()
-            here = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
-                f"{self.PREFIX}/meet/{name}/")}
+            here = self._ranks(f"meet/{name}")
             if len(here) >= self.count:
                 verdict = self._decide(f"{self.PREFIX}/decided/{name}", "go")
             elif time.monotonic() >= deadline:
@@ -341,8 +345,7 @@ class Meetings:
         others = set(range(self.count)) - {self.rank}
         since = None
         while self._get(f"{self.PREFIX}/abort") is None:
-            here = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
-                f"{self.PREFIX}/meet/{name}/")}
+            here = self._ranks(f"meet/{name}")
             if others <= here:
                 since = since if since is not None else time.monotonic()
                 if time.monotonic() - since >= float(seconds):
@@ -373,8 +376,7 @@ class Meetings:
         deadline = time.monotonic() + max(self.timeout_s, self.MIN_LINGER_S)
         while time.monotonic() < deadline:
             try:
-                read = {int(k.rsplit("/", 1)[-1]) for k, _ in self.client.key_value_dir_get(
-                    f"{self.PREFIX}/read/")}
+                read = self._ranks("read")
             except Exception:  # noqa: BLE001 - the service is going away: nothing to wait for
                 return
             if read >= set(self.late):
