@@ -402,14 +402,27 @@ def downstream(
     synthetic: Annotated[Path | None, typer.Option(help="mixed.csv or Data_Entry_2017.csv from augment.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the JSON result.")] = None,
     seeds: Annotated[int, typer.Option(help="Training seeds per arm.")] = 3,
-    epochs: Annotated[int, typer.Option(help="Epochs per classifier.")] = 10,
+    strategy: Annotated[list[str] | None, typer.Option(
+        help="Ways to mix (repeat or comma-separate): real, ceiling, all, share-S, weight-W, "
+             "rare, pretrain, judge. Default: all of them.")] = None,
+    test_data: Annotated[list[Path] | None, typer.Option(
+        help="More test patients: a cache (`cxraug prepare`) of other patients, same classes "
+             "and size; every image is a test image. Repeatable.")] = None,
+    holdback: Annotated[float, typer.Option(
+        help="Share of training patients held back for the ceiling arm.")] = 1 / 3,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps per classifier.")] = None,
 ) -> None:
-    """Does synthetic data help a classifier on real patients?"""
+    """Which way of adding synthetic data helps a classifier on real patients?"""
+    from .evaluation.downstream import DEFAULT_STRATEGIES
     from .evaluation.downstream import downstream as run_downstream
+    from .evaluation.mixing import ClassifierRecipe
 
     _require("downstream", data=data, synthetic=synthetic)
     import_tensorflow()  # without its start-up notices, as train does
-    result = run_downstream(data=data, synthetic=synthetic, out=out, seeds=seeds, epochs=epochs)
+    recipe = ClassifierRecipe() if steps is None else ClassifierRecipe(steps=steps)
+    result = run_downstream(data=data, synthetic=synthetic, out=out, seeds=seeds,
+                            strategies=strategy or DEFAULT_STRATEGIES, test_data=test_data or [],
+                            holdback=holdback, recipe=recipe)
     typer.echo(result.summary())
 
 

@@ -363,10 +363,11 @@ def _synthetic_csv(phantom_dir: Path, real: dict, folder: Path, names: list[str]
 
 
 @pytest.mark.slow
-def test_downstream_end_to_end_and_synthetic_never_in_val_or_test(
+def test_downstream_end_to_end_and_synthetic_never_in_test(
         phantom_cache: Path, phantom_dir: Path, real: dict, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from cxraug.evaluation import downstream as D
+    from cxraug.evaluation.mixing import ClassifierRecipe
 
     train_names = [str(n) for n in real["names"][real["train"][:40]]]
     csv_path = _synthetic_csv(phantom_dir, real, tmp_path / "aug", train_names)
@@ -374,40 +375,46 @@ def test_downstream_end_to_end_and_synthetic_never_in_val_or_test(
                                                       "Infiltration", "Mass", "Nodule",
                                                       "Pneumothorax"], 32, progress=False)
     assert syn_images.shape == (40, 32, 32)
-    seen: dict[str, list[np.ndarray]] = {"val": [], "test": [], "train": []}
-    real_fit, real_predict = D.fit_classifier, D.predict_probs
+    seen: dict[str, list[np.ndarray]] = {"test": [], "train": []}
+    real_fit, real_predict = D.fit_mix, D.predict_probs
 
-    def spy_fit(x, y, x_val, y_val, **kw):  # noqa: ANN001, ANN202
-        seen["train"].append(x)
-        seen["val"].append(x_val)
-        return real_fit(x, y, x_val, y_val, **kw)
+    def spy_fit(pools, recipe, **kw):  # noqa: ANN001, ANN202
+        seen["train"].append([(p.name, len(p)) for p in pools])
+        return real_fit(pools, recipe, **kw)
 
     def spy_predict(model, x, **kw):  # noqa: ANN001, ANN202
         seen["test"].append(x)
         return real_predict(model, x, **kw)
 
-    monkeypatch.setattr(D, "fit_classifier", spy_fit)
+    monkeypatch.setattr(D, "fit_mix", spy_fit)
     monkeypatch.setattr(D, "predict_probs", spy_predict)
-    res = D.downstream(phantom_cache, csv_path, out=tmp_path / "ds", seeds=2, epochs=2,
-                       progress=False)
+    res = D.downstream(phantom_cache, csv_path, out=tmp_path / "ds", seeds=2,
+                       strategies=["ceiling", "all", "pretrain"],
+                       recipe=ClassifierRecipe(steps=4), progress=False)
     result = json.loads((tmp_path / "ds" / "downstream.json").read_text())
     assert result["n_synthetic"] == 40 and result["seeds"] == 2
     assert result["n_test"] == len(real["test"])
-    assert len(result["runs"]) == 4
-    for c in result["classes"].values():
-        assert {"real", "real_plus_synthetic", "difference", "paired_difference"} <= set(c)
-    macro = result["macro"]
-    assert macro["difference"] == pytest.approx(
-        macro["real_plus_synthetic"]["mean"] - macro["real"]["mean"], abs=1e-5)
-    assert "real+synthetic" in res.summary()
-    # the synthetic pixels reached the training arrays of the mixed arm and nothing else
+    n_train = len(real["train"]) + len(real["val"])
+    assert result["n_real_train"] + result["n_extra_real"] == n_train
+    assert list(result["arms"]) == ["real", "ceiling", "all", "pretrain"]
+    assert len(result["runs"]) == 8
+    for arm in ("ceiling", "all", "pretrain"):
+        v = result["arms"][arm]["verdict"]
+        assert v["low"] <= v["difference"] <= v["high"] or v["low"] is None
+    assert result["arms"]["all"]["n_synthetic_used"] == 40
+    assert "recommended:" in res.summary() and "ceiling" in res.summary()
+    # pools per fit, in order for each seed: real, ceiling, all, pretrain (synthetic, then real)
+    base, extra = result["n_real_train"], result["n_extra_real"]
+    assert seen["train"][:5] == [[("real", base)], [("real", base), ("extra real", extra)],
+                                 [("real", base), ("synthetic", 40)],
+                                 [("synthetic (pre-training)", 40)], [("real", base)]]
+    # the synthetic pixels never reached a test batch
     syn_set = {img.tobytes() for img in syn_images}
     real_test = {img.tobytes() for img in real["images"][real["test"]]}
-    for x in seen["val"] + seen["test"]:
-        assert not syn_set & {img.tobytes() for img in x} - real_test
-    assert len(seen["train"][1]) == len(seen["train"][0]) + 40
     for x in seen["test"]:
-        assert len(x) == len(real["test"])
+        if len(x) == len(real["test"]):
+            assert not syn_set & {img.tobytes() for img in x} - real_test
+    assert sum(len(x) == len(real["test"]) for x in seen["test"]) == 8
 
 
 def test_downstream_rejects_synthetic_rows_named_like_test_images(
@@ -419,10 +426,10 @@ def test_downstream_rejects_synthetic_rows_named_like_test_images(
     frame = pd.read_csv(csv_path)
     frame.loc[0, "Image Index"] = str(real["names"][real["test"][0]])
     frame.to_csv(csv_path, index=False)
-    with pytest.raises(CxrError, match="share a name with real validation/test"):
-        downstream(phantom_cache, csv_path, seeds=1, epochs=1, progress=False)
+    with pytest.raises(CxrError, match="share a name with real test images"):
+        downstream(phantom_cache, csv_path, seeds=1, progress=False)
     with pytest.raises(CxrError, match="not found"):
-        downstream(phantom_cache, tmp_path / "missing.csv", seeds=1, epochs=1, progress=False)
+        downstream(phantom_cache, tmp_path / "missing.csv", seeds=1, progress=False)
 
 
 # ------------------------------------------------------------------- the real pipeline, by CLI
@@ -450,14 +457,16 @@ def test_cli_evaluate_and_downstream_on_the_exported_smoke_generator(
     # (a fresh process, as a user runs it: TensorFlow's start-up notices are not printed)
     proc = subprocess.run([sys.executable, "-m", "cxraug.cli", "downstream", "--data",
                            str(phantom_cache), "--synthetic", str(tmp_path / "aug" / "mixed.csv"),
-                           "--out", str(tmp_path / "ds"), "--seeds", "1", "--epochs", "1"],
+                           "--out", str(tmp_path / "ds"), "--seeds", "1", "--steps", "2",
+                           "--strategy", "share-0.5"],
                           capture_output=True, text=True, timeout=900)
     printed = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not re.search(r"oneDNN|cuda drivers|absl::InitializeLog|cuInit", proc.stderr), \
         proc.stderr[:2000]
     result = json.loads((tmp_path / "ds" / "downstream.json").read_text())
-    assert result["n_synthetic"] == 21 and "real+synthetic" in printed
+    assert result["n_synthetic"] == 21 and "share-0.5" in printed
+    assert list(result["arms"]) == ["real", "share-0.5"]
     # a user error is one line, exit status 2
     rc = main(["evaluate", "--model", str(tmp_path / "none.onnx"), "--data", str(phantom_cache),
                "--out", str(tmp_path / "r2")])

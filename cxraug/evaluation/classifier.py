@@ -93,7 +93,8 @@ def _quiet_tensorflow() -> Any:
     return tf
 
 
-def build_classifier(image_size: int, num_classes: int, feature_dim: int = FEATURE_DIM) -> Any:
+def build_classifier(image_size: int, num_classes: int, feature_dim: int = FEATURE_DIM,
+                     dropout: float = 0.2, width: int = 16, standardize: bool = False) -> Any:
     """Conv blocks (conv-BN-ReLU x2, max-pool; 16 filters doubling to 192) down to 4x4, global
     average pooling, a named linear ``features`` layer and ``probs`` sigmoid outputs. Small on
     purpose: trains in seconds on the 32x32 phantom cache, minutes per epoch on NIH at 128."""
@@ -104,7 +105,11 @@ def build_classifier(image_size: int, num_classes: int, feature_dim: int = FEATU
     # BatchNorm momentum 0.9, not Keras' 0.99: small data sets give a few hundred steps, too few
     # for 0.99's moving statistics to converge, and inference would then see stale statistics
     x = inp
-    side, filters = image_size, 16
+    if standardize:  # each image to mean 0, std 1: exposure and contrast differences vanish
+        x = layers.Lambda(lambda t: (t - keras.ops.mean(t, axis=(1, 2, 3), keepdims=True))
+                          / (keras.ops.std(t, axis=(1, 2, 3), keepdims=True) + 1e-3),
+                          name="standardize")(x)
+    side, filters = image_size, width
     while True:
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization(momentum=0.9)(x)
@@ -121,7 +126,7 @@ def build_classifier(image_size: int, num_classes: int, feature_dim: int = FEATU
     # linear features: a dense, non-sparse embedding for FID/KID/k-NN (a ReLU here leaves many
     # exact zeros); the nonlinearity follows before the class outputs
     feats = layers.Dense(feature_dim, name="features")(x)
-    h = layers.Dropout(0.2)(layers.Activation("relu")(feats))
+    h = layers.Dropout(dropout)(layers.Activation("relu")(feats))
     probs = layers.Dense(num_classes, activation="sigmoid", name="probs")(h)
     return keras.Model(inp, {"probs": probs, "features": feats}, name="cxraug_classifier")
 

@@ -823,6 +823,23 @@ def _mixed_synthetic_text(synth: pd.DataFrame) -> str:
     return _mixed_columns(rows).to_csv(index=False, header=False, lineterminator="\n")
 
 
+def downstream_note(model: Path) -> str | None:
+    """What ``cxraug downstream`` measured for this generator's images, when a
+    ``<model>.downstream.json`` (a copy of its ``downstream.json``) sits beside the model: the
+    way of using them that helped a classifier on real patients, or that none did."""
+    path = model.with_suffix(".downstream.json")
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        text = str(result["recommendation"]["text"])
+        n_test, patients = int(result["n_test"]), int(result["n_test_patients"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{path}: not a readable `cxraug downstream` result; ignored"
+    return (f"how to use these images (`cxraug downstream`, {n_test} real test images of "
+            f"{patients} patients, {path.name}): {text}")
+
+
 def augment(
     model: str | os.PathLike | None,
     out: str | os.PathLike,
@@ -878,6 +895,9 @@ def augment(
         notes.append(f"using the default generator {DEFAULT_MODEL} (64x64, trained on the "
                      "401-image NIH sample; see exported_models/README.md); --model for another")
     model, out = Path(model or DEFAULT_MODEL), Path(out)
+    use = downstream_note(model)
+    if use:
+        notes.append(use)
     if target_per_class is not None and real_csv is None and data is None:
         notes.append(f"no real data given (--real-csv or --data): every class is topped up "
                      f"from 0 to {target_per_class} synthetic images")
