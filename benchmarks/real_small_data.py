@@ -102,7 +102,7 @@ def measure(run: Path, heldout: Path, train_cache: Path, per_class: int, seed: i
     with CacheReader(heldout) as reader:
         held_names = list(reader.class_names)
     train, _, _ = _images(train_cache, "train")
-    held_t, train_t = R.thumbnails(held), R.thumbnails(train)
+    held_t = R.thumbnails(held)
     balanced = generate(as_input(np.repeat(np.arange(len(names)), per_class)))
     bal_t = R.thumbnails(balanced)
     # label-matched: each held-out image the generator can label, with its own label
@@ -116,7 +116,7 @@ def measure(run: Path, heldout: Path, train_cache: Path, per_class: int, seed: i
                           else -1 for v in held_labels])
         ok = index >= 0
         matched = generate(index[ok].astype(np.int32))
-    copies, _ = R.near_copies(bal_t, train_t, held_t)
+    copies, _ = R.near_copies(balanced, train, held)  # the one near-copy rule, on images
     # same-z label swap in pixels
     z = rng.standard_normal((16, g.recipe.model.latent_dim)).astype(np.float32)
     swap = np.stack([np.asarray(g.model({"z": z, key: as_input(np.full(16, c))}, training=False)

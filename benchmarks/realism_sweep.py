@@ -138,7 +138,7 @@ def measure_run(run: Path, data: Path, out: Path, cnn_epochs: int, max_measured:
     from cxraug.contract import inputs_for, label_mode_of
     from cxraug.data.cache import CacheReader
     from cxraug.grid import to_uint8
-    from cxraug.neighbors import nearest_neighbors
+    from cxraug.near_copy import NearCopyReference
     from cxraug.probes.battery import realism_gap, run_probes, summarize, worst
     from cxraug.probes.stats import diversity_ratio, thumbnails
     from cxraug.training.run import load_generator, read_checkpoint_index
@@ -156,9 +156,7 @@ def measure_run(run: Path, data: Path, out: Path, cnn_epochs: int, max_measured:
     ref = summarize(test)
     pick = np.sort(rng.choice(len(train), len(test), replace=False))
     real = run_probes(train[pick], ref, cnn_epochs=cnn_epochs)
-    train_t = thumbnails(train)
-    _, held_d = nearest_neighbors(thumbnails(heldout_for_copies), train_t)
-    threshold = float(np.percentile(held_d, 5.0))
+    copy_rule = NearCopyReference.fit(train, heldout_for_copies)  # the one near-copy rule
     entries = read_checkpoint_index(run)
     rows = []
     generator = None
@@ -179,13 +177,12 @@ def measure_run(run: Path, data: Path, out: Path, cnn_epochs: int, max_measured:
         for name, p in probes.items():
             p.real, p.real_score = real[name].value, real[name].score
         syn_t = thumbnails(images)
-        _, d = nearest_neighbors(syn_t, train_t)
         rows.append({"checkpoint": entry["name"], "reason": entry.get("reason"),
                      "step": entry["step"],
                      "kimg": entry["step"] * generator.recipe.train.batch_size / 1000,
                      "realism_gap": realism_gap(probes), "worst": worst(probes),
                      "probes": {k: p.value for k, p in probes.items()},
-                     "near_copy": float(np.mean((d < threshold) | (d == 0))),
+                     "near_copy": float(copy_rule.check(images).copy.mean()),
                      "diversity": diversity_ratio(syn_t, thumbnails(test)),
                      "val": {k: entry.get(k) for k in ("realism_gap", "worst", "contrast",
                                                        "hf_energy", "cnn_c2st", "c2st_val")}})

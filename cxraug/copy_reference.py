@@ -1,13 +1,13 @@
-"""The training-image reference behind augment's privacy filter: which synthetic images are
-near-copies of a training image. NO TensorFlow; shared by export (writes one beside the model),
-augment (filters with it) and anything else that asks "does this image copy a patient?".
+"""The training-image reference behind augment's privacy filter, written to a file: which
+synthetic images are near-copies of a training image. NO TensorFlow; shared by export (writes one
+beside the model), augment (filters with it), evaluate (its near-copy count) and anything else that
+asks "does this image copy a patient?".
 
-The rule is the one training's realism tracker uses: every image is box-averaged to a 32x32
-thumbnail, rounded to 8 bits and standardized per image (brightness and contrast do not count,
-the layout of the chest does); an image is a near-copy when its thumbnail's Euclidean distance to
-the nearest *training* thumbnail is below the ``percentile``-th percentile (default 5) of the same
-distance for held-out real images of *other patients* (the cache's val and test splits), or 0:
-it is closer to a training image than 95% of new patients are.
+The rule and its parameters are :mod:`cxraug.near_copy`'s (the one rule training's checkpoint
+choice and evaluate's report apply too): 32x32 thumbnails rounded to 8 bits and standardized per
+image; a near-copy is closer to the nearest *training* thumbnail than the ``percentile``-th
+percentile (default 5) of the same distance for held-out real images of *other patients* (the
+cache's val and test splits), or at distance 0.
 
 File ``MODEL.trainref.h5`` (format ``cxraug-train-reference-1``): dataset ``thumbs`` uint8
 ``[N, 1024]`` (the training thumbnails, chunked by row blocks) and attributes ``threshold``,
@@ -16,7 +16,7 @@ File ``MODEL.trainref.h5`` (format ``cxraug-train-reference-1``): dataset ``thum
 85 MiB for NIH's 86,524 training images). It holds coarse copies of the training images: keep it
 where the training data may be, and never ship it with a synthetic data set.
 
-Memory stays flat in N: up to ``IN_MEMORY_ROWS`` thumbnails are held as float32, a larger
+Memory stays flat in N: up to ``IN_MEMORY_ROWS`` thumbnails are held in memory, a larger
 reference is read from the file in blocks for every query batch.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,49 +31,32 @@ import numpy as np
 
 from . import __version__
 from .errors import CxrError
-from .neighbors import NearestNeighbors
+from .near_copy import (
+    PERCENTILE,
+    THUMB,
+    CopyCheck,
+    CopySearch,
+    box_average,
+    is_copy,
+    row_scale,
+    standardize,
+    threshold,
+    thumbnails_u8,
+)
+
+#: What this module gives its callers from :mod:`cxraug.near_copy` (the same objects).
+__all__ = ["FORMAT", "SUFFIX", "THUMB", "DEFAULT_PERCENTILE", "CopyCheck", "TrainReference",
+           "box_average", "build_reference", "one_blas_thread", "reference_path", "standardize",
+           "thumbnails_u8"]
 
 FORMAT = "cxraug-train-reference-1"
 SUFFIX = ".trainref.h5"
-THUMB = 32
-DEFAULT_PERCENTILE = 5.0
-#: References up to this many thumbnails are kept in memory (float32, 4 KiB each: 64 MiB).
+#: The rule's percentile (:data:`cxraug.near_copy.PERCENTILE`), augment's --privacy-percentile.
+DEFAULT_PERCENTILE = PERCENTILE
+#: References up to this many thumbnails are kept in memory (uint8, 1 KiB each: 16 MiB).
 IN_MEMORY_ROWS = 16384
 #: Rows read from the file per block when the reference is streamed.
 BLOCK_ROWS = 8192
-
-
-def box_average(images: np.ndarray, size: int = THUMB, dtype: type = np.float32) -> np.ndarray:
-    """``[N, H, W]`` (or ``[N, H, W, 1]``) -> ``[N, size, size]`` box averages in ``dtype`` (a
-    reshape-mean when the side divides, Pillow's BOX filter otherwise). The thumbnails of the
-    privacy filter here and of the realism measures (:mod:`cxraug.evaluation.realism`)."""
-    x = np.asarray(images)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 3:
-        raise ValueError(f"expected [N, H, W] images, got shape {x.shape}")
-    n, h, w = x.shape
-    if h % size == 0 and w % size == 0:
-        return x.astype(dtype).reshape(n, size, h // size, size, w // size).mean(axis=(2, 4))
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(im.astype(np.float32), mode="F")
-                                .resize((size, size), Image.Resampling.BOX)) for im in x]
-                    ).astype(dtype)
-
-
-def thumbnails_u8(images: np.ndarray, size: int = THUMB) -> np.ndarray:
-    """uint8 ``[N, H, W]`` -> uint8 ``[N, size*size]``: box-averaged, rounded. Both sides of the
-    comparison are rounded the same way, so an exact copy is at distance exactly 0."""
-    avg = box_average(images, size)
-    return np.clip(np.rint(avg), 0, 255).astype(np.uint8).reshape(len(avg), -1)
-
-
-def standardize(thumbs: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per row (float32): brightness and contrast do not count."""
-    x = np.asarray(thumbs, dtype=np.float32)
-    x = x - x.mean(axis=1, keepdims=True)
-    return x / np.maximum(x.std(axis=1, keepdims=True), 1e-6)
 
 
 _CONTROLLER: Any = None
@@ -98,14 +80,6 @@ def reference_path(model: str | os.PathLike) -> Path:
     """Where the reference of ``MODEL.onnx`` lives: ``MODEL.trainref.h5`` beside it."""
     model = Path(model)
     return model.with_name(model.stem + SUFFIX)
-
-
-@dataclass
-class CopyCheck:
-    """Each query's distance to its nearest training thumbnail and the verdict."""
-
-    distance: np.ndarray  # float64 [N]
-    copy: np.ndarray  # bool [N]
 
 
 class TrainReference:
@@ -140,14 +114,13 @@ class TrainReference:
                 raise CxrError(f"--privacy-percentile {percentile}: give a percentile between 0 "
                                "and 100")
             self.percentile = float(percentile)
-            self.threshold = float(np.percentile(held, percentile, method="lower"))
+            self.threshold = threshold(held, percentile)
         self.n = int(self._thumbs.shape[0])
         self._memory = self._thumbs[:] if self.n <= IN_MEMORY_ROWS else None
         # per-row scale (4 bytes a row), so a block is searched in its raw uint8 form
         self._scale = np.empty(self.n, np.float32)
         for r0, block in self._blocks():
-            self._scale[r0:r0 + len(block)] = np.maximum(
-                block.astype(np.float32).std(axis=1), 1e-6)
+            self._scale[r0:r0 + len(block)] = row_scale(block)
 
     def _blocks(self) -> Any:
         """(first row, uint8 rows) of the reference, from memory or read from the file."""
@@ -170,37 +143,30 @@ class TrainReference:
                 "n_train": self.n, "n_heldout": self.n_heldout, "space": f"{THUMB}x{THUMB} "
                 "thumbnails, standardized per image", "data_fingerprint": self.data_fingerprint}
 
-    def nearest(self, images_u8: np.ndarray, refine: int = 4) -> np.ndarray:
-        """Distance of each image's standardized thumbnail to the nearest standardized training
-        thumbnail. Candidates come from ``q . r_std = (q . r) / scale_r`` (a standardized query
-        sums to 0, so the reference's mean drops out and its raw rows are used as they are);
-        the best ``refine`` of each block are re-measured exactly in float64, so an exact copy
-        is at distance exactly 0 and no query depends on the others in its batch."""
-        q = standardize(thumbnails_u8(images_u8))
-        q64 = q.astype(np.float64)
-        qn = (q * q).sum(axis=1)
-        dim = q.shape[1]
-        best = np.full(len(q), np.inf)
+    def search(self, images_u8: np.ndarray) -> CopySearch:
+        """The rule's search (:class:`cxraug.near_copy.CopySearch`) of these images over the
+        reference, block by block."""
+        search = CopySearch(thumbnails_u8(images_u8))
         for r0, block in self._blocks():
-            scale = self._scale[r0:r0 + len(block)]
-            dots = (q @ block.astype(np.float32).T) / scale[None, :]
-            d2 = qn[:, None] + float(dim) - 2.0 * dots
-            k = min(refine, len(block))
-            cand = np.argpartition(d2, k - 1, axis=1)[:, :k]
-            exact_ref = standardize(block[cand.ravel()]).astype(np.float64).reshape(
-                len(q), k, dim)
-            exact = np.sqrt(((q64[:, None, :] - exact_ref) ** 2).sum(-1)).min(axis=1)
-            best = np.minimum(best, exact)
-        return best
+            search.update(block, offset=r0, scale=self._scale[r0:r0 + len(block)])
+        return search
+
+    def nearest(self, images_u8: np.ndarray) -> np.ndarray:
+        """Distance of each image's standardized thumbnail to the nearest standardized training
+        thumbnail (float64; exactly 0 for an exact copy)."""
+        return self.search(images_u8).distance
 
     def check(self, images_u8: np.ndarray) -> CopyCheck:
+        """The rule's verdict on each image, its distance and the row of its nearest training
+        thumbnail (the order of the cache's train split the reference was built from)."""
         if self.n > IN_MEMORY_ROWS:  # the search dominates: every core helps more than it costs
             with one_blas_thread(threads=os.cpu_count() or 1):
-                distance = self.nearest(images_u8)
+                search = self.search(images_u8)
         else:
             with one_blas_thread():
-                distance = self.nearest(images_u8)
-        return CopyCheck(distance=distance, copy=(distance < self.threshold) | (distance == 0))
+                search = self.search(images_u8)
+        return CopyCheck(distance=search.distance, copy=is_copy(search.distance, self.threshold),
+                         index=search.index)
 
 
 def build_reference(cache: str | os.PathLike, out: str | os.PathLike,
@@ -228,8 +194,9 @@ def build_reference(cache: str | os.PathLike, out: str | os.PathLike,
             raise CxrError(f"{cache}: no val or test images (other patients) to set the "
                            "near-copy threshold with; re-prepare with --val-fraction above 0, "
                            "or turn the filter off with --no-privacy-filter")
-        held_thumbs = standardize(thumbnails_u8(reader.read(np.sort(held))))
-        nn = NearestNeighbors(held_thumbs)
+        held = np.sort(held)
+        search = CopySearch(np.concatenate([thumbnails_u8(reader.read(held[s:s + 2048]))
+                                            for s in range(0, len(held), 2048)]))
         with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
             rows = min(len(train), 1024)
             ds = f.create_dataset("thumbs", shape=(len(train), THUMB * THUMB), dtype=np.uint8,
@@ -238,12 +205,11 @@ def build_reference(cache: str | os.PathLike, out: str | os.PathLike,
                                   unit="block", disable=not progress, leave=False):
                 block = thumbnails_u8(reader.read(train[s:s + 2048]))
                 ds[s:s + len(block)] = block
-                nn.update(standardize(block), offset=s)
-            held_d = np.sort(nn.distance)
-            # "lower": an observed held-out distance, so no held-out patient counts as a copy
-            threshold = float(np.percentile(held_d, percentile, method="lower"))
+                search.update(block, offset=s)
+            held_d = np.sort(search.distance)
             f.attrs.update({
-                "format": FORMAT, "threshold": threshold, "percentile": float(percentile),
+                "format": FORMAT, "threshold": threshold(held_d, percentile),
+                "percentile": float(percentile),
                 "n_heldout": len(held), "heldout_distances": json.dumps(
                     [round(float(d), 5) for d in held_d]),
                 "data_fingerprint": str(reader.fingerprint), "source": str(cache),

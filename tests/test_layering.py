@@ -31,8 +31,8 @@ def test_models_import_nothing_from_training() -> None:
 def test_tf_free_modules_stay_tf_free() -> None:
     loaded = _modules_after(
         "import cxraug.recipe, cxraug.contract, cxraug.architectures, cxraug.copy_reference, "
-        "cxraug.neighbors, cxraug.onnx_passes, cxraug.data.cache, cxraug.data.labels, "
-        "cxraug.data.phantom, "
+        "cxraug.neighbors, cxraug.near_copy, cxraug.onnx_passes, cxraug.data.cache, "
+        "cxraug.data.labels, cxraug.data.phantom, "
         "cxraug.synthesis.augment, cxraug.synthesis.filters, cxraug.synthesis.specialize, "
         "cxraug.evaluation.report, cxraug.evaluation.metrics, cxraug.evaluation.realism\n"
         "cxraug.recipe.load_recipe('cxraug-128')")

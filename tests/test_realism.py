@@ -84,14 +84,17 @@ def test_mean_two_sample_keeps_the_interval_of_one_test() -> None:
 
 def test_near_copies_flag_training_images_but_not_new_patients() -> None:
     rng = np.random.default_rng(3)
-    train = rng.normal(size=(200, 64))
-    heldout = rng.normal(size=(100, 64))
-    copies = train[:10] + rng.normal(0, 0.01, (10, 64))
-    synthetic = np.vstack([copies, rng.normal(size=(90, 64))])
+
+    def images(n: int) -> np.ndarray:
+        return rng.integers(0, 256, (n, 32, 32)).astype(np.uint8)
+
+    train, heldout = images(200), images(100)
+    copies = np.clip(train[:10] + rng.integers(-2, 3, (10, 32, 32)), 0, 255).astype(np.uint8)
+    synthetic = np.concatenate([copies, images(90)])
     result, dist = R.near_copies(synthetic, train, heldout)
     assert result.count >= 10 and np.all(dist[:10] < result.threshold)
-    assert result.fraction <= 0.2
-    fresh, _ = R.near_copies(rng.normal(size=(100, 64)), train, heldout)
+    assert result.fraction <= 0.2 and result.percentile == 5.0
+    fresh, _ = R.near_copies(images(100), train, heldout)
     assert fresh.fraction <= 0.15  # about the 5% of new patients below the 5th percentile
 
 

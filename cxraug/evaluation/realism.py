@@ -15,9 +15,10 @@ from real images answers a plain question at any N: *can they be told apart?*
   The interval is Wilson's 95% interval over the held-out predictions.
 * **Diversity ratio**: the mean pairwise Euclidean distance between synthetic thumbnails divided by
   the same between real ones. 1 = as varied as real patients; well below 1 = collapse.
-* **Near-copies**: a synthetic image whose distance to its nearest *training* thumbnail is below
-  the ``percentile``-th percentile of held-out real patients' distances to their nearest training
-  thumbnail (default 5: closer to a training image than 95% of new patients are).
+* **Near-copies**: the one near-copy rule (:mod:`cxraug.near_copy`, also augment's privacy
+  filter's and training's): a synthetic image whose distance to its nearest *training* thumbnail
+  is below the ``percentile``-th percentile of held-out real patients' distances to their nearest
+  training thumbnail (default 5: closer to a training image than 95% of new patients are).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..neighbors import nearest_neighbors
+from ..near_copy import PERCENTILE, NearCopyReference
 from ..probes.stats import (
     THUMB,
     TwoSample,
@@ -67,16 +68,16 @@ class NearCopies:
 
 
 def near_copies(synthetic: np.ndarray, train: np.ndarray, heldout: np.ndarray,
-                percentile: float = 5.0) -> tuple[NearCopies, np.ndarray]:
-    """Near-copy count of ``synthetic`` thumbnails against the ``train`` thumbnails, with the
-    threshold from the ``heldout`` thumbnails' own nearest-training distances. Also returns every
-    synthetic image's nearest-training distance."""
-    _, syn_d = nearest_neighbors(synthetic, train)
-    _, ref_d = nearest_neighbors(heldout, train)
-    threshold = float(np.percentile(ref_d, percentile))
-    close = (syn_d < threshold) | (syn_d == 0)
+                percentile: float = PERCENTILE) -> tuple[NearCopies, np.ndarray]:
+    """Near-copy count of the ``synthetic`` images against the ``train`` images by the one rule
+    (:class:`cxraug.near_copy.NearCopyReference`), its threshold from the ``heldout`` images'
+    own nearest-training distances (uint8 ``[N, H, W]`` images, all three). Also returns every
+    synthetic image's nearest-training distance (in the rule's thumbnail space)."""
+    reference = NearCopyReference.fit(train, heldout, percentile)
+    check = reference.check(synthetic)
+    syn_d, ref_d, close = check.distance, reference.heldout_distances, check.copy
     result = NearCopies(count=int(close.sum()), fraction=float(close.mean()),
-                        threshold=threshold, percentile=percentile,
+                        threshold=reference.threshold, percentile=percentile,
                         median_ratio=float(np.median(syn_d) / max(np.median(ref_d), 1e-12)),
                         n_reference=len(ref_d))
     return result, syn_d

@@ -47,9 +47,8 @@ CLASS_CHARTS = (
                {"synthetic": ("diversity", "synthetic_ms_ssim"),
                 "real": ("diversity", "real_ms_ssim")}),
     ClassChart("Memorization: share of near-copies of training images", "near-copy fraction",
-               {"pixel near-copies": ("memorization", "near_copy_fraction"),
-                "feature-space near": ("memorization", "feature_near_fraction"),
-                "privacy filter (augment)": ("memorization", "privacy_filter_fraction")}),
+               {"near-copies (augment's privacy filter)": ("memorization", "near_copy_fraction"),
+                "feature-space near": ("memorization", "feature_near_fraction")}),
 )
 
 
@@ -403,12 +402,12 @@ def _label_overall(r: dict[str, Any]) -> list[list[Any]]:
 def _memorization_intro(r: dict[str, Any]) -> str:
     ref = r["memorization_reference"]
     return ("<h2>Memorization</h2>\n"
-            f"<p>{html.escape(ref['near_copy_rule'])}: threshold "
-            f"{_fmt(ref['heldout_to_train_pixel_p01'])}"
-            f" (median held-out distance {_fmt(ref['heldout_to_train_pixel_median'])}, "
-            f"{ref['n_heldout']} held-out images). Ratios: synthetic distance / that median. "
-            "Privacy filter: the share `cxraug augment` would replace by its rule ("
-            f"{html.escape(str(ref.get('privacy_filter_rule')))}).</p>")
+            f"<p>Near-copies: {html.escape(ref['near_copy_rule'])}; the share `cxraug augment` "
+            "would replace. Beside it, full-size pixels: nearest-training distance of the "
+            f"held-out images, median {_fmt(ref['heldout_to_train_pixel_median'])} "
+            f"({ref['n_heldout']} held-out images); ratios: synthetic distance / that median. "
+            "Feature-near: closer in features than the 1st percentile of the held-out images."
+            "</p>")
 
 
 def _get(section: str, key: str) -> Callable[[dict[str, Any]], Any]:
@@ -460,8 +459,7 @@ HTML_TABLES: tuple[HtmlTable, ...] = (
         ("feature-near fraction", _get("memorization", "feature_near_fraction")),
         ("min px distance", _get("memorization", "pixel_distance_min")),
         ("px ratio (median)", _get("memorization", "pixel_ratio_median")),
-        ("feature ratio (median)", _get("memorization", "feature_ratio_median")),
-        ("privacy filter", _get("memorization", "privacy_filter_fraction")))),
+        ("feature ratio (median)", _get("memorization", "feature_ratio_median")))),
 )
 
 

@@ -15,9 +15,10 @@ What is compared with what (docs/EVALUATION.md says how to read it):
   the same on held-out real images; the same-z/different-label change (paper Fig. 9) as a ratio;
 * diversity: mean pairwise MS-SSIM within the synthetic images of a class against within the
   training subset (lower = more diverse);
-* memorization: the nearest training image of every synthetic image in pixel and feature space;
-  a synthetic image is a near-copy when its pixel distance is below the 1st percentile of the
-  distances from held-out real images (other patients) to their nearest training image.
+* memorization: whether each synthetic image is a near-copy of a training image, by the one rule
+  training's checkpoint choice and augment's privacy filter apply (:mod:`cxraug.near_copy`:
+  standardized 32x32 thumbnails, closer to a training image than 95% of the cache's val + test
+  patients are); beside it, the nearest training image in full-size pixels and in feature space.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .. import __version__
 from ..errors import CxrError
 from ..grid import to_uint8
 from ..io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..near_copy import EXPECTED_SHARE, THUMB
 from ..probes.battery import realism_gap, run_probes, worst
 from . import metrics as M
 from . import realism as R
@@ -51,8 +53,12 @@ from .classifier import (
 )
 from .render import summary_text
 
-#: Near-copy threshold: percentile of the real held-out -> train nearest-neighbour pixel distances.
-NEAR_COPY_PERCENTILE = 1.0
+#: Feature-near threshold, and the reported full-size pixel reference: this percentile of the
+#: held-out -> train nearest-neighbour distances. Not the near-copy rule (:mod:`cxraug.near_copy`).
+FEATURE_NEAR_PERCENTILE = 1.0
+#: A class is flagged when more of its images than this are near-copies: twice the share of new
+#: patients' own images the rule counts (so a generator of new patients is not flagged by chance).
+NEAR_COPY_WARNING = 2 * EXPECTED_SHARE
 #: Latent vectors per class for the same-z / different-label measurement.
 SWAP_Z = 16
 #: Held-out real images a class needs before FID, KID and precision/recall are computed for it:
@@ -212,24 +218,32 @@ def _sha256_or_none(model: Any) -> str | None:
         model).is_file() else None
 
 
-def _privacy_rule(data: Path, images: np.ndarray) -> dict[str, Any] | None:
-    """Which images augment's privacy filter would replace, by the same rule and reference
-    (:mod:`cxraug.copy_reference`, built from this cache); None without val/test patients."""
+def near_copy_check(data: str | os.PathLike, images: np.ndarray) -> dict[str, Any]:
+    """Which uint8 images are near-copies of a training image of the cache ``data``: the one rule
+    (:mod:`cxraug.near_copy`) with the reference augment's privacy filter uses
+    (:func:`cxraug.copy_reference.build_reference` of this cache: its train split, the threshold
+    from its val + test patients), so the report counts exactly what augment would replace.
+    ``copy`` and ``distance`` per image, ``train_row``: the cache row of its nearest training
+    thumbnail."""
     import tempfile
 
     from ..copy_reference import TrainReference, build_reference
+    from ..data.cache import CacheReader
 
+    with CacheReader(data) as reader:
+        train_rows = np.asarray(reader.indices("train"), dtype=np.int64)
     with tempfile.TemporaryDirectory(prefix="cxraug-evaluate-") as tmp:
-        try:
-            path = build_reference(data, Path(tmp) / "ref.trainref.h5")
-        except CxrError:
-            return None
+        path = build_reference(data, Path(tmp) / "ref.trainref.h5")
         with TrainReference(path) as ref:
             check = ref.check(images)
-            rule = (f"32x32 standardized thumbnail closer to a training image than "
+            assert check.index is not None
+            rule = (f"{THUMB}x{THUMB} standardized thumbnail closer to a training image than "
                     f"{100 - ref.percentile:g}% of the {ref.n_heldout} val + test patients are: "
                     f"threshold {ref.threshold:.3g}")
-    return {"copy": check.copy, "rule": rule}
+            return {"copy": check.copy, "distance": check.distance,
+                    "train_row": train_rows[check.index], "rule": rule,
+                    "threshold": ref.threshold, "percentile": ref.percentile,
+                    "n_heldout": ref.n_heldout}
 
 
 def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
@@ -329,15 +343,16 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
         syn_fidx, syn_fdist = M.nearest_neighbors(syn_feat, train_feat)
         _, held_fdist = M.nearest_neighbors(held_feat, train_feat)
         held_pdist = nn_held.distance
-        # "lower": the threshold is an observed held-out distance, so with fewer than 100
-        # held-out images no held-out image is below it (they are other patients, never copies)
-        pix_thresh = float(np.percentile(held_pdist, NEAR_COPY_PERCENTILE, method="lower"))
-        feat_thresh = float(np.percentile(held_fdist, NEAR_COPY_PERCENTILE, method="lower"))
+        # feature-near threshold and the pixel reference ("lower": an observed held-out distance,
+        # so with fewer than 100 held-out images no held-out image is below it)
+        pix_thresh = float(np.percentile(held_pdist, FEATURE_NEAR_PERCENTILE, method="lower"))
+        feat_thresh = float(np.percentile(held_fdist, FEATURE_NEAR_PERCENTILE, method="lower"))
         pix_median = float(np.median(held_pdist))
         feat_median = float(np.median(held_fdist))
-        near_copy = (nn_syn.distance < pix_thresh) | (nn_syn.distance == 0)
         feat_close = syn_fdist < feat_thresh
-        privacy = _privacy_rule(data, synth_all)
+        # near-copies: the one rule, with the privacy filter's reference (what augment replaces)
+        privacy = near_copy_check(data, synth_all)
+        near_copy = privacy["copy"]
 
         # ---- label fidelity inputs (judge columns in evaluated-class order)
         if judge:
@@ -372,10 +387,12 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
             "heldout_to_train_pixel_p01": pix_thresh, "heldout_to_train_pixel_median": pix_median,
             "heldout_to_train_feature_p01": feat_thresh,
             "heldout_to_train_feature_median": feat_median, "n_heldout": int(len(held_pdist)),
-            "near_copy_rule": f"pixel distance to the nearest training image below the "
-                              f"{NEAR_COPY_PERCENTILE:g}th percentile of held-out real images' "
-                              "distances to theirs (or exactly 0)",
-            "privacy_filter_rule": None if privacy is None else privacy["rule"],
+            "near_copy_rule": f"{privacy['rule']} (or at distance 0): the rule of augment's "
+                              "privacy filter and training's checkpoint choice",
+            "near_copy_threshold": privacy["threshold"],
+            "near_copy_percentile": privacy["percentile"],
+            "near_copy_n_heldout": privacy["n_heldout"],
+            "privacy_filter_rule": privacy["rule"],
         }
 
         # ---- images: samples, real grid, closest pairs
@@ -386,20 +403,29 @@ def evaluate(model: Any, data: str | os.PathLike, out: str | os.PathLike,
         real_png = render.image_grid([(c, held_images[held_labels == cache_idx[c]][:cols_n])
                                for c in classes])
         swap_png = render.image_grid([(c, swap[ci, :cols_n]) for ci, c in enumerate(classes)])
-        ratio = nn_syn.distance / pix_median if pix_median > 0 else nn_syn.distance
-        order = np.argsort(ratio, kind="stable")[:12]
-        pair_rows = np.unique(train_idx[nn_syn.index[order]])
+        # near-copies first (closest by the rule first, each beside the training image the rule
+        # matched), then the closest other images in full-size pixels
+        copies = np.flatnonzero(near_copy)
+        copies = copies[np.argsort(privacy["distance"][copies], kind="stable")][:12]
+        others = np.flatnonzero(~near_copy)
+        others = others[np.argsort(nn_syn.distance[others], kind="stable")]
+        order = np.concatenate([copies, others[:12 - len(copies)]])
+        partner = np.where(near_copy, privacy["train_row"], train_idx[nn_syn.index])
+        pair_rows = np.unique(partner[order])
         pair_imgs = np.asarray(reader.read(pair_rows))
         lookup = {int(r): i for i, r in enumerate(pair_rows)}
-        pairs = [(f"{classes[synth_class[k]][:12]} d={nn_syn.distance[k]:.0f}"
-                  f"{' COPY' if near_copy[k] else ''}", synth_all[k],
-                  pair_imgs[lookup[int(train_idx[nn_syn.index[k]])]]) for k in order]
+        shown = {int(k): pair_imgs[lookup[int(partner[k])]] for k in order}
+        pair_d = {k: float(np.linalg.norm(synth_all[k].astype(np.float64)
+                                          - im.astype(np.float64))) for k, im in shown.items()}
+        pairs = [(f"{classes[synth_class[k]][:12]} d={pair_d[k]:.0f}"
+                  f"{' COPY' if near_copy[k] else ''}", synth_all[k], shown[k]) for k in shown]
         pairs_png = render.pairs_image(pairs)
         closest = [{"class": classes[synth_class[k]], "synthetic_number": int(k % n_per_class),
-                    "train_image_index": str(reader.image_index[train_idx[nn_syn.index[k]]]),
-                    "pixel_distance": float(nn_syn.distance[k]),
-                    "pixel_ratio": float(ratio[k]), "near_copy": bool(near_copy[k])}
-                   for k in order]
+                    "train_image_index": str(reader.image_index[partner[k]]),
+                    "pixel_distance": pair_d[k],
+                    "pixel_ratio": pair_d[k] / pix_median if pix_median > 0 else pair_d[k],
+                    "near_copy": bool(near_copy[k])}
+                   for k in shown]
 
     flags = _flags(per_class, overall, judge)
     report = _clean({
@@ -524,7 +550,7 @@ def _flags(per_class: dict[str, Any], overall: dict[str, Any], judge: bool) -> l
                 pair.get("real_vs_real") is None or syn["low"] > pair["real_vs_real"]["high"]):
             flags.append(f"{name}: synthetic images told from held-out real ones "
                          f"{syn['accuracy']:.0%} of the time (n={syn['n_per_side']} a side)")
-        if memo["near_copy_fraction"] > 0.05:
+        if memo["near_copy_fraction"] > NEAR_COPY_WARNING:
             flags.append(f"{name}: {memo['near_copies']} synthetic images "
                          f"({memo['near_copy_fraction']:.0%}) are near-copies of training images")
         fid, bfid = c["realism"]["fid"], c["baseline"]["fid"]

@@ -14,15 +14,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..copy_reference import box_average
-
-#: Side of the standardized thumbnails of the pixel two-sample test.
-THUMB = 32
+# the thumbnails' side (THUMB) and box filter are the near-copy rule's: one definition
+from ..near_copy import THUMB, box_average
 
 
 def thumbnails(images: np.ndarray, size: int = THUMB) -> np.ndarray:
     """``[N, H, W]`` (or ``[N, H, W, 1]``) images of any range -> ``[N, size*size]`` float64,
-    box-averaged to ``size`` and standardized per image."""
+    box-averaged to ``size`` and standardized per image: the space of the pixel two-sample test
+    and of diversity. Near-copies are decided in :mod:`cxraug.near_copy`'s space (the same
+    thumbnails rounded to 8 bits, float32), never on these."""
     x = box_average(np.asarray(images, dtype=np.float64), size, dtype=np.float64)
     n = len(x)
     flat = x.reshape(n, -1)

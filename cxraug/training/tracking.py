@@ -11,8 +11,9 @@ against the cache's **val** split (patients never trained on):
   probe between training and val images (two sets of real patients); lower is better;
 * one column per probe (``contrast``, ``hf_energy``, ``cnn_c2st``, ...; ``c2st_val`` is the pixel
   two-sample test);
-* ``near_copy``: the share of synthetic images closer to a training image than 95% of those val
-  patients are (memorization);
+* ``near_copy``: the share of synthetic images that are near-copies of a training image by the
+  one rule (:mod:`cxraug.near_copy`, augment's privacy filter's and evaluate's): closer to a
+  training image than 95% of the cache's held-out patients (val + test) are (memorization);
 * ``diversity``: synthetic pixel diversity over the val images'.
 
 The latents and labels are fixed for the whole run, so two measurements differ only by the
@@ -31,7 +32,7 @@ import numpy as np
 
 from ..errors import CxrError
 from ..grid import to_uint8
-from ..neighbors import nearest_neighbors
+from ..near_copy import EXPECTED_SHARE, CopyCheck, NearCopyReference, thumbnails_u8
 from ..probes.battery import SPECS, Probe, realism_gap, run_probes, summarize, worst
 from ..probes.stats import thumbnails
 
@@ -44,14 +45,16 @@ TWO_SAMPLE_DRAWS = 2
 #: rule's own definition 5% of new real patients are that close to a training image, so a
 #: generator of new patients is allowed as many, and no more (augment's privacy filter, the
 #: same rule, then replaces them).
-MAX_NEAR_COPY = 0.05
+MAX_NEAR_COPY = EXPECTED_SHARE
 #: ... nor one whose images vary less than this share of the val images' variety.
 MIN_DIVERSITY = 0.9
-#: Training images the near-copy test compares with (a fixed random subset on large caches).
+#: Training images the near-copy test compares with (a fixed random subset on large caches;
+#: the threshold is measured against the same subset, so the rule keeps its meaning).
 MAX_REFERENCE = 5000
 #: Val images needed for a measurement (the two-sample test's folds need a few a side).
 MIN_VAL = 10
-NEAR_COPY_PERCENTILE = 5.0
+#: Held-out images read at a time for the near-copy threshold.
+READ_BLOCK = 2048
 
 
 class RealismTracker:
@@ -64,6 +67,9 @@ class RealismTracker:
         rng = np.random.default_rng([seed, 0x7EA1])
         with CacheReader(cache) as reader:
             val = np.sort(np.asarray(reader.indices("val"), dtype=np.int64))
+            # the near-copy threshold's patients: the privacy filter's (val + test)
+            held = np.sort(np.concatenate([val, np.asarray(reader.indices("test"),
+                                                           dtype=np.int64)]))
             train = np.sort(np.asarray(reader.indices("train"), dtype=np.int64))
             if len(val) < MIN_VAL:
                 raise CxrError(f"train.eval_every needs at least {MIN_VAL} images in the cache's "
@@ -73,15 +79,15 @@ class RealismTracker:
                 train = np.sort(rng.choice(train, MAX_REFERENCE, replace=False))
             val_images = np.asarray(reader.read(val))
             train_images = np.asarray(reader.read(train))
+            held_thumbs = np.concatenate([thumbnails_u8(reader.read(held[s:s + READ_BLOCK]))
+                                          for s in range(0, len(held), READ_BLOCK)])
         self.val_summary = summarize(val_images)
         self.val = self.val_summary.thumbs
-        self.train = thumbnails(train_images)
+        self.copies = NearCopyReference.from_thumbnails(thumbnails_u8(train_images), held_thumbs)
         # two sets of real patients: as many training images as val has, against val
         pick = np.sort(rng.choice(len(train_images), min(len(val), len(train_images)),
                                   replace=False))
         self.real_probes = run_probes(train_images[pick], self.val_summary, seed=seed)
-        _, val_d = nearest_neighbors(self.val, self.train)
-        self.threshold = float(np.percentile(val_d, NEAR_COPY_PERCENTILE))
         self.z = rng.standard_normal((n, latent_dim)).astype(np.float32)
         self.labels = label_pool[rng.integers(0, len(label_pool), n)]
         self.seed = seed
@@ -94,14 +100,16 @@ class RealismTracker:
                                                    self.labels[i:i + batch]))
                                  for i in range(0, len(self.z), batch)])
         probes = self.probe(images)
-        syn = thumbnails(images)
-        _, dist = nearest_neighbors(syn, self.train)
         from ..probes.stats import diversity_ratio
 
         return {"realism_gap": realism_gap(probes), "worst": worst(probes),
                 **{PROBE_COLUMNS[k]: p.value for k, p in probes.items()},
-                "near_copy": float(np.mean((dist < self.threshold) | (dist == 0))),
-                "diversity": diversity_ratio(syn, self.val)}
+                "near_copy": float(self.near_copies(images).copy.mean()),
+                "diversity": diversity_ratio(thumbnails(images), self.val)}
+
+    def near_copies(self, images: np.ndarray) -> CopyCheck:
+        """The near-copy rule's verdict on uint8 images against this run's training images."""
+        return self.copies.check(images)
 
     def probe(self, images: np.ndarray) -> dict[str, Probe]:
         """The battery on uint8 images against val, beside training-vs-val (the rule's real
