@@ -135,6 +135,9 @@ CASES: list[tuple[str, str, Setup, str]] = [
     ("downstream", "a synthetic CSV that does not exist",
      lambda t: ["downstream", "--data", _prepare_cache(t), "--synthetic", str(t / "none.csv")],
      "not found"),
+    ("downstream", "a mixing strategy that does not exist",
+     lambda t: ["downstream", "--data", _prepare_cache(t), "--synthetic", str(t / "none.csv"),
+                "--strategy", "mixup"], "unknown; choose from real, ceiling"),
 ]
 
 

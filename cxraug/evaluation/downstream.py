@@ -359,7 +359,7 @@ class DownstreamResult:
                  f"({', '.join(r['test_sources'])}); training: {r['n_real_train']} real images "
                  + (f"(+{r['n_extra_real']} held back for the ceiling) " if r["n_extra_real"]
                     else "")
-                 + f"and {r['n_synthetic']} synthetic; {r['seeds']} seeds x "
+                 + f"and {r['n_synthetic']} synthetic; {r['seeds']} seed(s) x "
                  f"{r['recipe']['steps']} steps",
                  f"{'strategy':14s} {'synthetic':>9s} {'macro AUROC':>15s} "
                  f"{'vs real (95% over patients)':>29s} {'of ceiling':>10s}  verdict"]
@@ -371,7 +371,7 @@ class DownstreamResult:
             lines.append(f"{name:14s} {arm['n_synthetic_used']:9d} "
                          f"{arm['macro']['mean']:.3f} +/- {arm['macro']['std']:.3f} {vs:>29s} "
                          f"{'' if share is None else f'{share:.0%}':>10s}  "
-                         f"{'' if v is None else v['text'].split(':')[0]}")
+                         f"{'' if v is None else _short(v['text'])}")
         classes = [c for c, info in r["classes"].items() if info["n_test_positive"]
                    >= MIN_TEST_POSITIVES]
         if classes and len(r["arms"]) > 1:
@@ -392,6 +392,11 @@ class DownstreamResult:
         if self.out is not None:
             lines.append(f"wrote {self.out}")
         return "\n".join(lines)
+
+
+def _short(text: str) -> str:
+    """A verdict's first words: helped / hurt / cannot tell."""
+    return "cannot tell" if text.startswith("cannot tell") else text.split(":")[0]
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -419,7 +424,7 @@ def recommend(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
     gain, name = max(ok)
     return {"strategy": name,
             "text": f"recommended: {name} ({arms[name]['description']}); {gain:+.3f} macro AUROC "
-                    f"({arms[name]['verdict']['text'].split(':')[0]}){ceiling_text}"}
+                    f"({_short(arms[name]['verdict']['text'])}){ceiling_text}"}
 
 
 @dataclass

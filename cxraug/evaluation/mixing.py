@@ -30,7 +30,7 @@ class ClassifierRecipe:
 
     steps: int = 300
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 4e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 30
     dropout: float = 0.3
