@@ -403,23 +403,24 @@ def downstream(
     out: Annotated[Path | None, typer.Option(help="Folder for the JSON result.")] = None,
     seeds: Annotated[int, typer.Option(help="Training seeds per arm.")] = 3,
     strategy: Annotated[list[str] | None, typer.Option(
-        help="Ways to mix (repeat or comma-separate): real, ceiling, all, share-S, weight-W, "
+        metavar="<name>", help="Ways to mix (repeat or comma-separate): real, ceiling, all, share-S, weight-W, "
              "rare, pretrain, judge. Default: all of them.")] = None,
     test_data: Annotated[list[Path] | None, typer.Option(
-        help="More test patients: a cache (`cxraug prepare`) of other patients, same classes "
+        metavar="<path>", help="More test patients: a cache (`cxraug prepare`) of other patients, same classes "
              "and size; every image is a test image. Repeatable.")] = None,
     holdback: Annotated[float, typer.Option(
-        help="Share of training patients held back for the ceiling arm.")] = 1 / 3,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps per classifier.")] = None,
+        show_default="1/3", help="Share of training patients held back for the ceiling arm.")
+    ] = 1 / 3,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per classifier.")] = 300,
 ) -> None:
-    """Which way of adding synthetic data helps a classifier on real patients?"""
+    """Which way of adding synthetic images helps a classifier?"""
     from .evaluation.downstream import DEFAULT_STRATEGIES
     from .evaluation.downstream import downstream as run_downstream
     from .evaluation.mixing import ClassifierRecipe
 
     _require("downstream", data=data, synthetic=synthetic)
     import_tensorflow()  # without its start-up notices, as train does
-    recipe = ClassifierRecipe() if steps is None else ClassifierRecipe(steps=steps)
+    recipe = ClassifierRecipe(steps=steps)
     result = run_downstream(data=data, synthetic=synthetic, out=out, seeds=seeds,
                             strategies=strategy or DEFAULT_STRATEGIES, test_data=test_data or [],
                             holdback=holdback, recipe=recipe)
