@@ -1,7 +1,7 @@
 """Benchmark: ``augment`` end to end against pure onnxruntime inference of the same generator.
 
 Both sides use the same ONNX file, the same batch size and the same session options
-(:func:`cxraug.synthesis.generator.session_options`). The baseline only calls
+(:func:`cxraug.inference.session.session_options`). The baseline only calls
 ``OnnxGenerator.generate`` (the same class-specialized sessions augment runs) on pre-made latents,
 class after class, measured cold (session creation + first run, as a plain script pays it) and warm
 (the same images again: steady state); ``augment`` also makes the latents, encodes and atomically
@@ -78,7 +78,7 @@ def pure_inference(model: Path, n: int, batch: int, spinning: bool) -> tuple[flo
     cold: session creation + the n images once (what a plain inference script costs, and what
     ``augment`` pays too); warm: the same n images again on the warmed-up session (steady state).
     """
-    from cxraug.synthesis.generator import OnnxGenerator
+    from cxraug.inference.generator import OnnxGenerator
 
     start, cpu0 = time.perf_counter(), time.process_time()
     gen = OnnxGenerator(model, device="cpu", spinning=spinning)
@@ -101,8 +101,8 @@ def pure_inference(model: Path, n: int, batch: int, spinning: bool) -> tuple[flo
 
 def augment_rate(model: Path, n: int, batch: int, spinning: bool, workdir: Path) -> float:
     """Images/s of the whole ``augment`` call: start-up, latents, inference, PNGs, CSVs."""
+    from cxraug.inference.generator import OnnxGenerator
     from cxraug.synthesis.augment import augment
-    from cxraug.synthesis.generator import OnnxGenerator
 
     classes = len(OnnxGenerator(model, device="cpu").class_names)
     out = workdir / f"aug-{int(spinning)}"
@@ -155,7 +155,7 @@ def filters_main(args: argparse.Namespace) -> int:
     import subprocess
 
     from cxraug.copy_reference import reference_path
-    from cxraug.synthesis.generator import DEFAULT_MODEL
+    from cxraug.inference.generator import DEFAULT_MODEL
 
     model = args.model or DEFAULT_MODEL
     own = reference_path(model)
@@ -268,7 +268,7 @@ def main() -> int:
     if args.memory:
         return memory_main(args)
     model = args.model or export_default(CACHE)
-    from cxraug.synthesis.generator import model_card
+    from cxraug.inference.generator import model_card
 
     print(next(line for line in model_card(model).splitlines() if line.startswith("graph")))
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, n {args.n}, "

@@ -8,7 +8,7 @@ not depend on training), images/s at 128x128:
 * onnxruntime on the raw tf2onnx graph and on the cleaned graph that ``cxraug export-onnx`` ships,
   under several session options (optimization level, threads);
 * what ``augment`` runs: one label per batch on a session of the graph specialized to that label
-  (``cxraug.synthesis.specialize``), alone and through ``OnnxGenerator.generate``;
+  (``cxraug.inference.specialize``), alone and through ``OnnxGenerator.generate``;
 * the limit: FLOPs per image (2 x MACs of every Conv/ConvTranspose/MatMul/Gemm in the exported
   graph at batch 1) against the FLOP/s of a large fp32 MatMul in onnxruntime measured in the same
   run: ``limit img/s = matmul FLOP/s / FLOPs per image``.
@@ -201,9 +201,9 @@ def bench_arch(recipe_name: str, batch: int, seconds: float, threads: int,
                                        providers=["CPUExecutionProvider"])
         steps["ort " + name] = lambda s=session: s.run(None, feeds)
     # ---- what augment runs: one label per batch, on the graph specialized to that label
-    # (cxraug.synthesis.specialize; the paper's graph declines). Same z, every row class 3.
-    from cxraug.synthesis.generator import OnnxGenerator
-    from cxraug.synthesis.specialize import specialize_for_label
+    # (cxraug.inference.specialize; the paper's graph declines). Same z, every row class 3.
+    from cxraug.inference.generator import OnnxGenerator
+    from cxraug.inference.specialize import specialize_for_label
 
     special = specialize_for_label(shipped, "label", np.array([3], np.int64))
     if special is not None:

@@ -66,9 +66,9 @@ def main() -> None:
     from generate import flops_per_image, matmul_flops, session_opts
 
     from cxraug.export import onnx_export as ox
+    from cxraug.inference.specialize import specialize_for_label
     from cxraug.models import build_generator
     from cxraug.recipe import load_recipe
-    from cxraug.synthesis.specialize import specialize_for_label
 
     recipe = load_recipe(args.recipe)
     keras.utils.set_random_seed(0)

@@ -89,8 +89,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
+    from cxraug.grid import to_uint8
+    from cxraug.inference.generator import DEFAULT_MODEL, OnnxGenerator
     from cxraug.synthesis.augment import augment, lanczos_matrix, latents, resize_to_uint8
-    from cxraug.synthesis.generator import DEFAULT_MODEL, OnnxGenerator, to_uint8
 
     def float64_way(image: np.ndarray, size: int) -> np.ndarray:
         """What augment did before resize_to_uint8: Pillow's numbers in float64, then

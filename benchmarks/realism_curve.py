@@ -55,15 +55,16 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="measure every N-th checkpoint")
     args = ap.parse_args()
 
-    from cxraug.copy_reference import TrainReference, build_reference
+    from cxraug.copy_reference import TrainReference
     from cxraug.data.cache import CacheReader
+    from cxraug.data.reference import build_reference
     from cxraug.errors import CxrError
     from cxraug.evaluation.render import side_by_side
     from cxraug.export.onnx_export import export_run
     from cxraug.grid import to_uint8
+    from cxraug.inference.generator import OnnxGenerator
     from cxraug.probes.battery import realism_gap, run_probes, summarize, worst
     from cxraug.probes.stats import diversity_ratio, thumbnails
-    from cxraug.synthesis.generator import OnnxGenerator
     from cxraug.training.run import read_checkpoint_index
 
     with CacheReader(args.data) as reader:

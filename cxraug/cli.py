@@ -299,7 +299,7 @@ def doctor() -> None:
 @app.command()
 def inspect(model: Annotated[Path | None, typer.Argument(help="ONNX generator.")] = None) -> None:
     """Print an exported generator's model card."""
-    from .synthesis.generator import model_card
+    from .inference.generator import model_card
 
     _require("inspect", MODEL=model)
     typer.echo(model_card(model))

@@ -1,7 +1,7 @@
 """The generator's interface, written once and read by every stage (NO TensorFlow, no onnx).
 
 Keras generators (``cxraug.models``), the training loop, sampling, the ONNX export and the
-onnxruntime reader (``cxraug.synthesis.generator``) all take their input and output names, label
+onnxruntime reader (``cxraug.inference.generator``) all take their input and output names, label
 modes and metadata keys from here, so that none of them can drift from the others.
 
 * ``z``: float32 ``[N, latent_dim]``;

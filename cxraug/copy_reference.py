@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,8 @@ from .near_copy import (
 
 #: What this module gives its callers from :mod:`cxraug.near_copy` (the same objects).
 __all__ = ["FORMAT", "SUFFIX", "THUMB", "DEFAULT_PERCENTILE", "CopyCheck", "TrainReference",
-           "box_average", "build_reference", "one_blas_thread", "reference_path", "standardize",
-           "thumbnails_u8"]
+           "box_average", "one_blas_thread", "reference_path", "standardize", "thumbnails_u8",
+           "write_reference"]
 
 FORMAT = "cxraug-train-reference-1"
 SUFFIX = ".trainref.h5"
@@ -169,49 +170,38 @@ class TrainReference:
                          index=search.index)
 
 
-def build_reference(cache: str | os.PathLike, out: str | os.PathLike,
-                    percentile: float = DEFAULT_PERCENTILE, progress: bool = False) -> Path:
-    """Write the reference of a cache's training split, with the threshold measured on its val
-    and test splits (other patients). Streams the cache: memory is flat in its size."""
+def write_reference(out: str | os.PathLike, train: Callable[[int, int], np.ndarray], n_train: int,
+                    heldout: Callable[[int, int], np.ndarray], n_heldout: int, *,
+                    percentile: float = DEFAULT_PERCENTILE, data_fingerprint: str, source: str,
+                    progress: bool = False) -> Path:
+    """Write a reference file: the thumbnails of ``n_train`` training images and the threshold
+    measured on ``n_heldout`` held-out images of other patients. ``train(start, stop)`` and
+    ``heldout(start, stop)`` give those rows as uint8 ``[stop - start, H, W]``; they are read in
+    blocks, so memory is flat in the number of images. (A cache's reference:
+    :func:`cxraug.data.reference.build_reference`.)"""
     import h5py
 
-    from .data.cache import CacheReader
     from .io_utils import atomic_path
     from .progress import progress_bar
 
-    cache, out = Path(cache), Path(out)
-    if not 0 < percentile < 100:
-        raise CxrError(f"--privacy-percentile {percentile}: give a percentile between 0 and 100")
-    if not cache.is_file():
-        raise CxrError(f"cache {cache} not found; make it with `cxraug prepare`")
-    with CacheReader(cache) as reader:
-        train = np.asarray(reader.indices("train"))
-        held = np.concatenate([np.asarray(reader.indices("val")),
-                               np.asarray(reader.indices("test"))]).astype(np.int64)
-        if len(train) == 0:
-            raise CxrError(f"{cache}: no training images to build a privacy reference from")
-        if len(held) == 0:
-            raise CxrError(f"{cache}: no val or test images (other patients) to set the "
-                           "near-copy threshold with; re-prepare with --val-fraction above 0, "
-                           "or turn the filter off with --no-privacy-filter")
-        held = np.sort(held)
-        search = CopySearch(np.concatenate([thumbnails_u8(reader.read(held[s:s + 2048]))
-                                            for s in range(0, len(held), 2048)]))
-        with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-            rows = min(len(train), 1024)
-            ds = f.create_dataset("thumbs", shape=(len(train), THUMB * THUMB), dtype=np.uint8,
-                                  chunks=(rows, THUMB * THUMB))
-            for s in progress_bar(range(0, len(train), 2048), desc="training reference",
-                                  unit="block", disable=not progress, leave=False):
-                block = thumbnails_u8(reader.read(train[s:s + 2048]))
-                ds[s:s + len(block)] = block
-                search.update(block, offset=s)
-            held_d = np.sort(search.distance)
-            f.attrs.update({
-                "format": FORMAT, "threshold": threshold(held_d, percentile),
-                "percentile": float(percentile),
-                "n_heldout": len(held), "heldout_distances": json.dumps(
-                    [round(float(d), 5) for d in held_d]),
-                "data_fingerprint": str(reader.fingerprint), "source": str(cache),
-                "cxraug_version": __version__})
+    out = Path(out)
+    search = CopySearch(np.concatenate([thumbnails_u8(heldout(s, min(s + 2048, n_heldout)))
+                                        for s in range(0, n_heldout, 2048)]))
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        rows = min(n_train, 1024)
+        ds = f.create_dataset("thumbs", shape=(n_train, THUMB * THUMB), dtype=np.uint8,
+                              chunks=(rows, THUMB * THUMB))
+        for s in progress_bar(range(0, n_train, 2048), desc="training reference",
+                              unit="block", disable=not progress, leave=False):
+            block = thumbnails_u8(train(s, min(s + 2048, n_train)))
+            ds[s:s + len(block)] = block
+            search.update(block, offset=s)
+        held_d = np.sort(search.distance)
+        f.attrs.update({
+            "format": FORMAT, "threshold": threshold(held_d, percentile),
+            "percentile": float(percentile),
+            "n_heldout": n_heldout, "heldout_distances": json.dumps(
+                [round(float(d), 5) for d in held_d]),
+            "data_fingerprint": str(data_fingerprint), "source": str(source),
+            "cxraug_version": __version__})
     return out

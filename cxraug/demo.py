@@ -163,7 +163,7 @@ def write_contact_sheet(model: Path, cache: Path, path: Path, real_cols: int = 3
                         fake_cols: int = 6, seed: int = 0) -> Path:
     """Rows = classes; real examples on the left, then one fixed z per column across classes."""
     from .data.cache import CacheReader
-    from .synthesis.generator import OnnxGenerator
+    from .inference.generator import OnnxGenerator
 
     gen = OnnxGenerator(model, device="auto")
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ re-grouping of the same arithmetic); the callers verify the result numerically (
 parity check, the specialized sessions' check against the full graph).
 
 Adding a pass: a function ``pass(model) -> int`` (rewrites made) here, called from
-:func:`optimize_graph` (export) or from :mod:`cxraug.synthesis.specialize`.
+:func:`optimize_graph` (export) or from :mod:`cxraug.inference.specialize`.
 """
 
 from __future__ import annotations

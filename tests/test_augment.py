@@ -227,7 +227,7 @@ def test_outputs_follow_the_umask_like_any_other_tool(model: Path, tmp_path: Pat
 
 def test_a_label_that_cannot_be_specialized_is_said_not_hidden(
         model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cxraug.synthesis.specialize as specialize
+    import cxraug.inference.specialize as specialize
 
     monkeypatch.setattr(specialize, "specialize_for_label", lambda *a, **k: None)
     result = run(model, tmp_path / "aug", per_class=2, classes=["Mass", "Nodule"])
@@ -589,7 +589,8 @@ def test_synthesis_path_imports_no_tensorflow(model: Path, tmp_path: Path) -> No
     code = (
         "import sys\n"
         "import cxraug.cli\n"
-        "from cxraug.synthesis import augment, generator\n"
+        "from cxraug.synthesis import augment, draw, filters\n"
+        "from cxraug.inference import classifier, generator\n"
         f"rc = cxraug.cli.main(['augment', '--model', {str(model)!r}, '--out', {str(out)!r},"
         " '--per-class', '2', '--device', 'cpu'])\n"
         f"rc2 = cxraug.cli.main(['inspect', {str(model)!r}])\n"
@@ -645,7 +646,7 @@ def test_smoke_onnx_end_to_end(smoke_onnx: Path, phantom_cache: Path, tmp_path: 
     assert mixed["Finding Labels"].value_counts().to_dict() == dict.fromkeys(names, target)
     assert result.provider == "CPUExecutionProvider" or result.provider.startswith("CUDA")
     # a real exported network gives the same floats whatever the batch size (so the same bytes)
-    from cxraug.synthesis.generator import OnnxGenerator, model_card
+    from cxraug.inference.generator import OnnxGenerator, model_card
 
     card = model_card(smoke_onnx)
     assert ", ".join(names) in card and "label mode   index" in card
@@ -667,8 +668,8 @@ def test_smoke_onnx_end_to_end(smoke_onnx: Path, phantom_cache: Path, tmp_path: 
 def test_resize_is_pillows_lanczos_rounded_once(size: int) -> None:
     """augment's resize gives Pillow's float Lanczos, rounded once to gray levels: the same
     bytes but for a rare pixel one level apart (float32 sums against Pillow's float64)."""
+    from cxraug.grid import to_uint8
     from cxraug.synthesis.augment import resize_to_uint8
-    from cxraug.synthesis.generator import to_uint8
 
     rng = np.random.default_rng(size)
     image = np.tanh(rng.normal(size=(64, 64))).astype(np.float32)

@@ -71,7 +71,7 @@ def test_jax_run_exports_through_tensorflow_and_resumes_only_on_jax(
         jax_side: dict, capsys: pytest.CaptureFixture) -> None:
     from cxraug.cli import main
     from cxraug.export.onnx_export import export_run
-    from cxraug.synthesis.generator import OnnxGenerator
+    from cxraug.inference.generator import OnnxGenerator
 
     root = jax_side["root"]
     # this process runs TensorFlow: resuming the JAX run here is refused in one line

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cxraug.data.nih import NIH_HEADER_LINE
-from cxraug.synthesis.generator import DEFAULT_MODEL, OnnxGenerator, model_card
+from cxraug.inference.generator import DEFAULT_MODEL, OnnxGenerator, model_card
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "cxraug" / "exported_models"
@@ -81,7 +81,7 @@ def test_a_non_editable_install_finds_the_default_model(tmp_path: Path) -> None:
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target",
                     str(site), str(wheel)], check=True, timeout=600)
-    code = ("import cxraug.synthesis.generator as g; "
+    code = ("import cxraug.inference.generator as g; "
             "print(g.DEFAULT_MODEL.resolve(), g.DEFAULT_MODEL.is_file())")
     env = {**os.environ, "PYTHONPATH": str(site)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -20,8 +20,9 @@ import pytest
 from cxraug.data.cache import CacheReader
 from cxraug.errors import CxrError
 from cxraug.evaluation import metrics as M
-from cxraug.evaluation.classifier import FEATURE_DIM, ClassifierFeatures, train_classifier
+from cxraug.evaluation.classifier import FEATURE_DIM, train_classifier
 from cxraug.evaluation.report import evaluate
+from cxraug.inference.classifier import ClassifierFeatures
 
 N_PER_CLASS = 16
 

@@ -173,7 +173,7 @@ def test_float16_keeps_float32_interface_and_runs() -> None:
 @pytest.mark.slow
 def test_smoke_export_contract_metadata_and_parity(smoke_run: Path, smoke_onnx: Path) -> None:
     from cxraug.export.onnx_export import generator_spec, keras_outputs, parity_inputs
-    from cxraug.synthesis.generator import OnnxGenerator
+    from cxraug.inference.generator import OnnxGenerator
     from cxraug.training.run import load_generator, read_run_json
 
     ins, outs = _io(smoke_onnx)
@@ -310,7 +310,7 @@ def test_export_run_user_errors(smoke_run: Path, tmp_path: Path) -> None:
 def test_export_generator_architectures(arch: str, label_mode: str, inputs: dict,
                                         tmp_path: Path) -> None:
     from cxraug.export.onnx_export import export_generator
-    from cxraug.synthesis.generator import OnnxGenerator
+    from cxraug.inference.generator import OnnxGenerator
 
     model, recipe = _tiny_generator(arch, label_mode)
     out = tmp_path / f"{arch}.onnx"

@@ -186,7 +186,7 @@ def _same_model(a: Path, b: Path) -> bool:
     nodes with counters, so the bytes of two exports of one checkpoint differ)."""
     import onnx
 
-    from cxraug.synthesis.generator import OnnxGenerator
+    from cxraug.inference.generator import OnnxGenerator
 
     def meta(path: Path) -> dict[str, str]:
         return {p.key: p.value for p in onnx.load(str(path)).metadata_props

@@ -24,8 +24,9 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 from cxraug.cli import main
-from cxraug.copy_reference import TrainReference, build_reference, thumbnails_u8
+from cxraug.copy_reference import TrainReference, thumbnails_u8
 from cxraug.data.cache import CacheReader
+from cxraug.data.reference import build_reference
 from cxraug.errors import CxrError
 from cxraug.synthesis.augment import latents
 from cxraug.synthesis.filters import SlotRecord

@@ -18,7 +18,8 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 from cxraug.errors import CxrError
-from cxraug.synthesis.generator import OnnxGenerator, model_card, to_uint8
+from cxraug.grid import to_uint8
+from cxraug.inference.generator import OnnxGenerator, model_card
 
 
 def _cuda_usable(path: Path) -> bool:
@@ -72,8 +73,8 @@ def test_label_specialized_sessions_match_the_full_graph(tmp_path: Path, label_m
 def test_specialization_declines_graphs_it_cannot_rewrite() -> None:
     """A label map concatenated with a feature map (the paper's generator) cannot become a
     constant row: the rewrite returns None and generation keeps the full graph."""
+    from cxraug.inference.specialize import specialize_for_label
     from cxraug.onnx_passes import affine_chains_to_batchnorm
-    from cxraug.synthesis.specialize import specialize_for_label
 
     nodes = [oh.make_node("Gather", ["E", "label"], ["emb"]),
              oh.make_node("Concat", ["z", "emb"], ["h"], axis=1),

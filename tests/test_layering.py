@@ -1,19 +1,143 @@
-"""The package's layering: contracts below the stages, TF-free stages stay TF-free, and the
-architecture registry is the one place a network family is added."""
+"""The package's layering: stages import downward only (every import, including those inside
+functions), contracts below the stages, TF-free stages stay TF-free, and the architecture registry
+is the one place a network family is added."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import cxraug
 from cxraug.architectures import ARCHITECTURES, Architecture, architecture, register
 from cxraug.contract import INPUTS, LABEL, LABELS, Z, inputs_for, label_input, label_mode_of
 from cxraug.errors import CxrError
 from cxraug.recipe import ModelConfig, load_recipe
+
+#: The stages (packages of cxraug) in pipeline order ...
+STAGES = ("data", "models", "training", "export", "synthesis", "evaluation")
+#: ... and the stages each one may import, all earlier in that order. Synthesis and evaluation
+#: work from exported files and caches: beside each other, neither needs models, training or
+#: export (what both need of ONNX inference is in cxraug/inference/, below the stages).
+MAY_IMPORT: dict[str, tuple[str, ...]] = {
+    "data": (),
+    "models": (),
+    "training": ("data", "models"),
+    "export": ("data", "models", "training"),
+    "synthesis": ("data",),
+    "evaluation": ("data",),
+}
+#: Above the stages: they drive them (nothing imports these). The package itself names its API
+#: by strings, imported on first use.
+ABOVE = ("cxraug", "cxraug.cli", "cxraug.demo")
+PACKAGE = Path(cxraug.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """Every module an ``import`` names (line, module), at any depth (functions, classes,
+    ``if`` blocks); relative imports resolved; ``from pkg import name`` is ``pkg.name`` where that
+    is a module, and ``from cxraug import name`` the module the library API takes it from."""
+    here = module.split(".") if is_package else module.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(here[:len(here) - node.level + 1]
+                                + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                if full in MODULES:
+                    found.append((node.lineno, full))
+                elif base == "cxraug" and alias.name in cxraug._API:
+                    found.append((node.lineno, cxraug._API[alias.name].partition(":")[0]))
+                else:
+                    found.append((node.lineno, base))
+    return sorted(set(found))
+
+
+def _layer(module: str) -> str:
+    """A stage's name, "above" or "below" (the contracts and shared modules under the stages)."""
+    parts = module.split(".")
+    if module in ABOVE:
+        return "above"
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else "below"
+
+
+def _wrong_way(module: str, target: str) -> str | None:
+    """Why ``module`` may not import ``target`` (None: it may)."""
+    if target.split(".")[0] != "cxraug" or target == "cxraug":  # cxraug itself: __version__
+        return None
+    source, layer = _layer(module), _layer(target)
+    if source == "above" or layer == "below" or layer == source:
+        return None
+    if source != "below" and layer in MAY_IMPORT.get(source, ()):
+        return None
+    if layer == "above":
+        return "nothing imports the CLI or the demo"
+    if source == "below":
+        return "a module below the stages imports no stage"
+    allowed = ", ".join(MAY_IMPORT[source]) or "no other stage"
+    return f"{source} imports {allowed} and the modules below the stages only"
+
+
+def test_the_declared_order_points_down() -> None:
+    assert set(MAY_IMPORT) == set(STAGES)
+    for stage, allowed in MAY_IMPORT.items():
+        assert all(STAGES.index(a) < STAGES.index(stage) for a in allowed), stage
+
+
+def test_every_import_points_down() -> None:
+    """Stages import only the stages MAY_IMPORT gives them, modules below the stages import no
+    stage, and nothing imports the CLI or the demo: every import statement, including those
+    inside functions (the lazy imports that keep TensorFlow out)."""
+    wrong = []
+    for module, path in MODULES.items():
+        source = path.read_text(encoding="utf-8")
+        for line, target in _imports(source, module, path.name == "__init__.py"):
+            why = _wrong_way(module, target)
+            if why:
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {module} imports "
+                             f"{target} ({why})")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_import_walk_sees_imports_inside_functions() -> None:
+    source = ("from ..errors import CxrError\n"
+              "def f():\n"
+              "    if True:\n"
+              "        from ..evaluation.classifier import ClassifierFeatures\n"
+              "    from . import augment\n"
+              "    import cxraug.training.run as run\n"
+              "    from .. import __version__, augment as api\n")
+    found = _imports(source, "cxraug.synthesis.filters", is_package=False)
+    assert found == [(1, "cxraug.errors"), (4, "cxraug.evaluation.classifier"),
+                     (5, "cxraug.synthesis.augment"), (6, "cxraug.training.run"),
+                     (7, "cxraug"), (7, "cxraug.synthesis.augment")]
+    assert [_wrong_way("cxraug.synthesis.filters", t) for _, t in found] == [
+        None, "synthesis imports data and the modules below the stages only", None,
+        "synthesis imports data and the modules below the stages only", None, None]
+    assert _wrong_way("cxraug.copy_reference", "cxraug.data.cache") == (
+        "a module below the stages imports no stage")
+    assert _wrong_way("cxraug.training.loop", "cxraug.cli") == (
+        "nothing imports the CLI or the demo")
+    assert _wrong_way("cxraug.cli", "cxraug.evaluation.report") is None
 
 
 def _modules_after(code: str) -> list[str]:
@@ -33,7 +157,9 @@ def test_tf_free_modules_stay_tf_free() -> None:
         "import cxraug.recipe, cxraug.contract, cxraug.architectures, cxraug.copy_reference, "
         "cxraug.neighbors, cxraug.near_copy, cxraug.onnx_passes, cxraug.data.cache, "
         "cxraug.data.labels, cxraug.data.phantom, "
-        "cxraug.synthesis.augment, cxraug.synthesis.filters, cxraug.synthesis.specialize, "
+        "cxraug.synthesis.augment, cxraug.synthesis.filters, cxraug.synthesis.draw, "
+        "cxraug.inference.generator, cxraug.inference.specialize, cxraug.inference.classifier, "
+        "cxraug.metrics_csv, cxraug.data.reference, "
         "cxraug.evaluation.report, cxraug.evaluation.metrics, cxraug.evaluation.realism\n"
         "cxraug.recipe.load_recipe('cxraug-128')")
     assert not [m for m in loaded if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx")]
@@ -41,7 +167,7 @@ def test_tf_free_modules_stay_tf_free() -> None:
 
 def test_the_generator_contract_in_one_place() -> None:
     from cxraug.export import onnx_export
-    from cxraug.synthesis import generator
+    from cxraug.inference import generator
 
     assert onnx_export.ONNX_INPUTS is INPUTS and generator.INPUTS_BY_MODE is INPUTS
     assert label_input("index") == LABEL and label_input("multi-hot") == LABELS

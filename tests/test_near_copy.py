@@ -115,7 +115,8 @@ def _three_paths(cache: Path, images: np.ndarray, tmp: Path,
                  monkeypatch: pytest.MonkeyPatch) -> dict[str, NC.CopyCheck]:
     """Each place's own code path: evaluate's near-copy check, the training tracker (its
     constructor reads the cache itself), augment's filters with the reference export writes."""
-    from cxraug.copy_reference import TrainReference, build_reference
+    from cxraug.copy_reference import TrainReference
+    from cxraug.data.reference import build_reference
     from cxraug.evaluation.report import near_copy_check
     from cxraug.synthesis.filters import PRIVACY, Filters
     from cxraug.training import tracking
@@ -166,7 +167,8 @@ def test_in_memory_reference_is_the_file_reference(
         phantom_cache: Path, cache_images: dict[str, np.ndarray],
         queries: dict[str, np.ndarray], tmp_path: Path) -> None:
     """NearCopyReference.fit on the cache's images is what build_reference writes to a file."""
-    from cxraug.copy_reference import TrainReference, build_reference
+    from cxraug.copy_reference import TrainReference
+    from cxraug.data.reference import build_reference
     from cxraug.evaluation.realism import near_copies
 
     held = queries["heldout"]

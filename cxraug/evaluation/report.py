@@ -1,7 +1,7 @@
 """``cxraug evaluate``: realism, label fidelity, diversity and memorization of a generator.
 
 The generator is any callable ``(z, labels) -> images`` in ``[-1, 1]`` (an
-:class:`~cxraug.synthesis.generator.OnnxGenerator` from the CLI, fakes in tests). Real images come
+:class:`~cxraug.inference.generator.OnnxGenerator` from the CLI, fakes in tests). Real images come
 from a cache; the feature space and label judge is a cxraug classifier used through ONNX, so this
 module never imports TensorFlow (unless it has to train the classifier itself).
 
@@ -38,6 +38,7 @@ import numpy as np
 from .. import __version__
 from ..errors import CxrError
 from ..grid import to_uint8
+from ..inference.classifier import CLASSIFIER_JSON, ClassifierFeatures, resize_images
 from ..io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
 from ..near_copy import EXPECTED_SHARE, THUMB
 from ..probes.battery import realism_gap, run_probes, worst
@@ -45,12 +46,7 @@ from . import metrics as M
 from . import realism as R
 from . import render
 from . import sections as S
-from .classifier import (
-    CLASSIFIER_JSON,
-    ClassifierFeatures,
-    open_cache,
-    resize_images,
-)
+from .classifier import open_cache
 from .render import summary_text
 
 #: Feature-near threshold, and the reported full-size pixel reference: this percentile of the
@@ -107,7 +103,7 @@ class _Gen:
             if not path.is_file():
                 raise CxrError(f"{path}: generator not found; export one with "
                                "`cxraug export-onnx`")
-            from ..synthesis.generator import OnnxGenerator
+            from ..inference.generator import OnnxGenerator
 
             model = OnnxGenerator(path, device="auto")
             self.source = str(path)
@@ -187,7 +183,7 @@ def _stream_train(reader: Any, train_idx: np.ndarray, feats: ClassifierFeatures,
 def read_metrics_csv(run: Path) -> dict[str, list[float]]:
     """Columns of a run's metrics.csv as floats (one row per logged step or epoch; NaN where a
     row has no value)."""
-    from ..training.run import read_metrics
+    from ..metrics_csv import read_metrics
 
     path = run / "metrics.csv" if run.is_dir() else run
     if not path.is_file():
@@ -221,14 +217,15 @@ def _sha256_or_none(model: Any) -> str | None:
 def near_copy_check(data: str | os.PathLike, images: np.ndarray) -> dict[str, Any]:
     """Which uint8 images are near-copies of a training image of the cache ``data``: the one rule
     (:mod:`cxraug.near_copy`) with the reference augment's privacy filter uses
-    (:func:`cxraug.copy_reference.build_reference` of this cache: its train split, the threshold
+    (:func:`cxraug.data.reference.build_reference` of this cache: its train split, the threshold
     from its val + test patients), so the report counts exactly what augment would replace.
     ``copy`` and ``distance`` per image, ``train_row``: the cache row of its nearest training
     thumbnail."""
     import tempfile
 
-    from ..copy_reference import TrainReference, build_reference
+    from ..copy_reference import TrainReference
     from ..data.cache import CacheReader
+    from ..data.reference import build_reference
 
     with CacheReader(data) as reader:
         train_rows = np.asarray(reader.indices("train"), dtype=np.int64)

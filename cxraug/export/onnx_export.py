@@ -434,7 +434,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, checkpoint: str |
 def _write_reference(run: Path, out: Path, fingerprint: str, progress: bool) -> str:
     """``MODEL.trainref.h5`` beside the model from the run's training cache, so that augment's
     privacy filter is on by default; a line saying what was written or why not."""
-    from ..copy_reference import build_reference, reference_path
+    from ..copy_reference import reference_path
+    from ..data.reference import build_reference
 
     target = reference_path(out)
     try:

@@ -1,6 +1,6 @@
 """``cxraug augment``: class-balanced synthetic data in NIH's format, deterministic and resumable.
 
-NO TensorFlow here: onnxruntime runs the exported generator (:mod:`.generator`).
+NO TensorFlow here: onnxruntime runs the exported generator (:mod:`cxraug.inference.generator`).
 
 Output folder (``out``)::
 
@@ -91,9 +91,10 @@ import pandas as pd
 from .. import __version__
 from ..data.labels import VIEWS
 from ..errors import CxrError
+from ..grid import to_uint8
+from ..inference.generator import OnnxGenerator
 from ..io_utils import sha256_file, write_json_atomic, write_text_atomic
 from .filters import HIGH_DROP, KEEP, PRIVACY, ClassStats, Filters, SlotRecord
-from .generator import OnnxGenerator, to_uint8
 from .png import PNG_DEFLATE, PNG_DEFLATES, encode_png, png_settings, require_isal
 from .sinks import SINKS, TMP_RE, Sink
 
@@ -426,12 +427,8 @@ def _open_filters(gen: OnnxGenerator, model: Path, data: Path | None, wanted: li
     """Find the privacy reference (``--privacy-reference``, else ``MODEL.trainref.h5`` beside the
     model, else built from ``--data`` when it is the cache the model was trained on) and open
     the judge. Every choice is said in ``Filters.notes``."""
-    from ..copy_reference import (
-        DEFAULT_PERCENTILE,
-        TrainReference,
-        build_reference,
-        reference_path,
-    )
+    from ..copy_reference import DEFAULT_PERCENTILE, TrainReference, reference_path
+    from ..data.reference import build_reference
     from .filters import LabelJudge
 
     if max_tries < 1:
@@ -884,7 +881,7 @@ def augment(
     on wherever a training reference is found.
     ``png_deflate``: "zlib" (reproducible bytes) or "isal" (faster, same pixels; :mod:`.png`).
     """
-    from .generator import DEFAULT_MODEL
+    from ..inference.generator import DEFAULT_MODEL
 
     started = time.perf_counter()
     notes: list[str] = []

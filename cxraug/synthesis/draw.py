@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CxrError
+from ..grid import to_uint8
+from ..inference.generator import DEFAULT_MODEL, OnnxGenerator
 from .augment import (
     MAX_PER_TARGET,
     Target,
@@ -42,7 +44,6 @@ from .augment import (
     latents,
     synthetic_name,
 )
-from .generator import DEFAULT_MODEL, OnnxGenerator, to_uint8
 
 #: Positions whose labels are drawn per block of the stream's categorical draw.
 BLOCK = 1024
@@ -96,7 +97,7 @@ class Generator:
     @property
     def card(self) -> str:
         """What ``cxraug inspect`` prints: metadata, I/O, size, hash."""
-        from .generator import model_card
+        from ..inference.generator import model_card
 
         return model_card(self.model_path)
 

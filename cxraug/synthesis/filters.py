@@ -88,7 +88,7 @@ class LabelJudge:
     def __init__(self, path: str | os.PathLike, class_names: list[str], wanted: list[int],
                  real_share: float = DEFAULT_REAL_SHARE, data: str | os.PathLike | None = None
                  ) -> None:
-        from ..evaluation.classifier import ClassifierFeatures
+        from ..inference.classifier import ClassifierFeatures
 
         if not 0 < real_share < 1:
             raise CxrError(f"--judge-real-share {real_share}: give a share between 0 and 1, "

@@ -32,6 +32,7 @@ from .. import __version__
 from ..contract import LABELS
 from ..errors import CxrError
 from ..io_utils import write_text_atomic
+from ..metrics_csv import read_metrics
 from ..progress import progress_bar
 from ..recipe import Recipe, load_recipe
 from .cluster import Cluster, join
@@ -42,7 +43,6 @@ from .run import (
     RunPaths,
     latest_entry,
     read_checkpoint_index,
-    read_metrics,
     read_run_json,
     write_run_json,
 )

@@ -20,28 +20,6 @@ from ..errors import CxrError
 from ..io_utils import write_json_atomic
 from ..recipe import Recipe, load_recipe
 
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """The rows of a run's metrics.csv as floats, every column in every row (an empty or
-    unreadable cell is NaN: the realism columns are only filled at ``train.eval_every``)."""
-    import csv
-    import math
-
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            parsed = {}
-            for key, value in row.items():
-                if key is None:  # a row longer than the header
-                    continue
-                try:
-                    parsed[key] = float(value)
-                except (TypeError, ValueError):
-                    parsed[key] = math.nan
-            rows.append(parsed)
-    return rows
-
-
 CHECKPOINT_PREFIX = "ckpt"
 #: The checkpoint kept by train.eval_every: the most realistic one so far (``best-<step>``).
 BEST_PREFIX = "best"

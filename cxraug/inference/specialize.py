@@ -14,7 +14,7 @@ blocked layout.
 
 Exactness. The specialized graph computes the same function of ``z`` for that label; only
 floating-point rounding differs (the constants are combined in float64 and rounded once), and
-:class:`~cxraug.synthesis.generator.OnnxGenerator` checks every specialized session against the
+:class:`~cxraug.inference.generator.OnnxGenerator` checks every specialized session against the
 full graph before using it. The exported file is never changed; this runs at session start, on
 any cxraug ONNX generator (and declines, returning ``None``, on graphs it does not understand,
 such as the paper's, whose label map is concatenated with a convolutional feature map).

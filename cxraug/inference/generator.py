@@ -1,10 +1,11 @@
 """The exported ONNX generator in onnxruntime: validation, providers, batched generation.
 
-This module (and all of ``cxraug.synthesis``) never imports TensorFlow: a machine that only makes
-synthetic data needs ``onnxruntime`` and ``numpy``, nothing else. The file contract is in
-docs/ARCHITECTURE.md ("ONNX generator"); :class:`OnnxGenerator` refuses any file that breaks it
-with one :class:`~cxraug.errors.CxrError` line naming the file and the fix, so a wrong file fails
-at start-up instead of after an hour of writing images.
+Below the stages: augment, the library's Generator and evaluate all read generators here. It never
+imports TensorFlow: a machine that only makes synthetic data needs ``onnxruntime`` and ``numpy``,
+nothing else. The file contract is in docs/ARCHITECTURE.md ("ONNX generator");
+:class:`OnnxGenerator` refuses any file that breaks it with one :class:`~cxraug.errors.CxrError`
+line naming the file and the fix, so a wrong file fails at start-up instead of after an hour of
+writing images.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..contract import IMAGE, INPUTS, LABEL, LABELS, Z
 from ..errors import CxrError
-from ..grid import to_uint8  # noqa: F401  (re-exported: augment and users import it here)
+from .session import session_options
 
 #: Metadata keys every cxraug generator carries; the rest of the card is informative.
 REQUIRED_META: tuple[str, ...] = ("class_names", "latent_dim", "image_size", "label_mode")
@@ -39,24 +40,6 @@ MAX_LABEL_SESSIONS = 32
 DEVICES = ("auto", "cuda", "cpu")
 
 _EXPORT_FIX = "export the run with `cxraug export-onnx --run runs/NAME --out MODEL.onnx`"
-
-
-def session_options(threads: int | None = None, spinning: bool = True) -> Any:
-    """The one place where onnxruntime session options are chosen (for every cxraug session).
-
-    ``threads`` defaults to every core. Full graph optimization fuses Conv+BN+activation chains.
-    ``spinning=False`` stops idle intra-op threads from busy-waiting, which matters when other
-    threads (PNG writers) share the cores; the augment benchmark measures both settings.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return opts
 
 
 _SHARED_CPU_ARENA: list[bool] = []
@@ -163,7 +146,7 @@ class OnnxGenerator:
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
                  spinning: bool = True, specialize: bool = True) -> None:
         """``specialize``: run each label through its own class-specialized copy of the graph
-        (see :mod:`cxraug.synthesis.specialize`; about 1.2-1.3x faster on CPU for the default
+        (see :mod:`cxraug.inference.specialize`; about 1.2-1.3x faster on CPU for the default
         generator, checked against the full graph). Every image then comes from its label's
         session whatever else shares its batch, so outputs never depend on batching."""
         import onnxruntime as ort
