@@ -27,7 +27,7 @@ def direct(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.sqrt(np.maximum(d[np.arange(len(q)), idx], 0))
 
 
-def measure(fn, *args):  # noqa: ANN001, ANN201
+def measure(fn, *args):
     tracemalloc.start()
     t = time.perf_counter()
     out = fn(*args)

@@ -52,7 +52,7 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 STYLEGAN2_ADA_A100 = 147.0  # img/s at 128x128, its README's 6.79 s/kimg
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ALL_CLASSES = ["No Finding", "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion",

@@ -105,7 +105,7 @@ def train_all(args: argparse.Namespace, names: list[str]) -> dict[str, float]:
             name = pending.pop(0)
             recipe = args.out / "recipes" / f"{name}.toml"
             write_recipe(recipe, VARIANTS[name], args.minutes, ckpt_epochs, eval_epochs)
-            log = open(args.out / f"train_{name}.log", "w")  # noqa: SIM115 (closed below)
+            log = open(args.out / f"train_{name}.log", "w")  # closed below
             cmd = [sys.executable, "-m", "cxraug.cli", "train", "--data", str(args.data),
                    "--out", str(args.out / "runs" / name), "--recipe", str(recipe)]
             running[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT),

@@ -124,6 +124,7 @@ def prepare(
     from .data.cache import prepare as run_prepare
 
     _require("prepare", DATA_ROOT=data_root, csv=csv)
+    assert data_root is not None and csv is not None  # _require raised otherwise
     result = run_prepare(
         data_root=data_root, csv=csv, out=out, size=size, classes=_split_list(classes),
         top_k=top_k, multi_label=multi_label.value, view=view, val_fraction=val_fraction,
@@ -139,6 +140,7 @@ def info(cache: Annotated[Path | None, typer.Argument(help="A cache written by `
     from .data.cache import describe_cache
 
     _require("info", CACHE=cache)
+    assert cache is not None
     typer.echo(describe_cache(cache))
 
 
@@ -156,6 +158,7 @@ def demo_data(
     from .data.phantom import make_phantom_dataset
 
     _require("demo-data", out=out)
+    assert out is not None
     result = make_phantom_dataset(out=out, n=n, size=size, seed=seed,
                                   multi_label_fraction=multi_label_fraction, overwrite=overwrite,
                                   workers=workers)
@@ -196,6 +199,7 @@ def train(
         data = data or (Path(cache) if cache else None)
         recipe = recipe or str(out / "recipe.toml")
     _require("train", data=data, out=out)
+    assert data is not None and out is not None
     recipe = recipe or "cxraug-128"
     overrides: dict[str, object] = {}
     for item in set_ or []:
@@ -203,9 +207,9 @@ def train(
         if not sep:
             raise CxrError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=10")
         overrides[key.strip()] = value.strip()
-    for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size), ("train.seed", seed)):
-        if value is not None:
-            overrides[key] = value
+    for key, number in (("train.epochs", epochs), ("train.batch_size", batch_size), ("train.seed", seed)):
+        if number is not None:
+            overrides[key] = number
     resolved = load_recipe(recipe, overrides=overrides)
     if not data.is_file():  # before TensorFlow loads (seconds)
         raise CxrError(f"cache {data} not found; {HINTS['--data']}")
@@ -249,6 +253,7 @@ def sample(
 ) -> None:
     """Draw a class-by-latent sample grid from a run."""
     _require("sample", run=run)
+    assert run is not None
     import_tensorflow()
     from .training.sampling import sample_grid
 
@@ -278,6 +283,7 @@ def export_onnx(
 ) -> None:
     """Export a run's generator to ONNX, checked against Keras."""
     _require("export-onnx", run=run, out=out)
+    assert run is not None and out is not None
     import_tensorflow()
     from .export.onnx_export import export_run
 
@@ -302,6 +308,7 @@ def inspect(model: Annotated[Path | None, typer.Argument(help="ONNX generator.")
     from .inference.generator import model_card
 
     _require("inspect", MODEL=model)
+    assert model is not None
     typer.echo(model_card(model))
 
 
@@ -340,6 +347,7 @@ def augment(
     from .synthesis.augment import augment as run_augment
 
     _require("augment", out=out)
+    assert out is not None
     result = run_augment(
         model=model, out=out, real_csv=real_csv, data=data, split_list=split_list,
         real_root=real_root, target_per_class=target_per_class, per_class=per_class,
@@ -366,6 +374,7 @@ def train_classifier(
 ) -> None:
     """Train the CNN used as feature space and label judge."""
     _require("train-classifier", data=data, out=out)
+    assert data is not None and out is not None
     import_tensorflow()
     from .evaluation.classifier import train_classifier as run
 
@@ -389,6 +398,7 @@ def evaluate(
     from .evaluation.report import evaluate as run_evaluate
 
     _require("evaluate", model=model, data=data, out=out)
+    assert data is not None and out is not None
     if min_heldout < 2:
         raise CxrError(f"--min-heldout {min_heldout}: use at least 2 (50 or more for numbers that mean something)")
     result = run_evaluate(model=model, data=data, out=out, classifier=classifier, split=split,
@@ -419,10 +429,11 @@ def downstream(
     from .evaluation.mixing import ClassifierRecipe
 
     _require("downstream", data=data, synthetic=synthetic)
+    assert data is not None and synthetic is not None
     import_tensorflow()  # without its start-up notices, as train does
     recipe = ClassifierRecipe(steps=steps)
     result = run_downstream(data=data, synthetic=synthetic, out=out, seeds=seeds,
-                            strategies=strategy or DEFAULT_STRATEGIES, test_data=test_data or [],
+                            strategies=strategy or DEFAULT_STRATEGIES, test_data=tuple(test_data or ()),
                             holdback=holdback, recipe=recipe)
     typer.echo(result.summary())
 
@@ -482,8 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("aborted", err=True)
         return 1
     except Exception as exc:  # click usage errors and unexpected failures
-        if callable(getattr(exc, "show", None)) and hasattr(exc, "exit_code"):
-            exc.show()  # a usage error from the option parser: already one clear message
+        show = getattr(exc, "show", None)
+        if callable(show) and hasattr(exc, "exit_code"):
+            show()  # a usage error from the option parser: already one clear message
             return exc.exit_code
         if isinstance(exc, OSError):
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def run_demo(
     state["options"] = options
     result = DemoResult(out=out)
 
-    def step(name: str, fn) -> None:
+    def step(name: str, fn: Callable[[], object]) -> None:
         if name in state.get("done", {}):  # finished by an earlier, interrupted demo
             result.steps[name] = float(state["done"][name])
             return

@@ -57,7 +57,7 @@ def labelled_grid(
         for c in range(cols):
             tile = Image.fromarray(tiles[r, c].astype(np.uint8), mode="L")
             if scale > 1:
-                tile = tile.resize((tw, th), Image.NEAREST)
+                tile = tile.resize((tw, th), Image.Resampling.NEAREST)
             canvas.paste(tile, (label_w + pad + c * (tw + pad), y))
     if column_labels:
         for c, text in enumerate(column_labels):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks so large files cost no memory."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -42,7 +42,7 @@ def file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only on success.
 
     A run killed half-way leaves at most a ``.tmp`` file, never a file that looks complete.
@@ -105,7 +105,7 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="cxraug-exit-with-parent", daemon=True).start()
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
@@ -114,9 +114,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(handle.fileno())
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -39,7 +39,7 @@ def _unit(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
 
 
-def _from_split(real: dict[str, np.ndarray], split: str):  # noqa: ANN202
+def _from_split(real: dict[str, np.ndarray], split: str):
     """A "generator" returning real images of the requested class from one split (z picks)."""
     pool = real[split]
 
@@ -53,7 +53,7 @@ def _from_split(real: dict[str, np.ndarray], split: str):  # noqa: ANN202
     return generate
 
 
-def _washed_out_and_blurred(real: dict[str, np.ndarray]):  # noqa: ANN202
+def _washed_out_and_blurred(real: dict[str, np.ndarray]):
     """Real training images of the class at half their contrast, blurred by a 1-pixel
     Gaussian: the two faults of the first shipped generator, on otherwise real images."""
     plain = _from_split(real, "train")
@@ -71,7 +71,7 @@ def _washed_out_and_blurred(real: dict[str, np.ndarray]):  # noqa: ANN202
     return generate
 
 
-def _one_image_per_class(real: dict[str, np.ndarray]):  # noqa: ANN202
+def _one_image_per_class(real: dict[str, np.ndarray]):
     """A collapsed "generator": one held-out image per class, whatever z."""
     pool = real["val"]
 
@@ -381,11 +381,11 @@ def test_downstream_end_to_end_and_synthetic_never_in_test(
     seen: dict[str, list[np.ndarray]] = {"test": [], "train": []}
     real_fit, real_predict = D.fit_mix, D.predict_probs
 
-    def spy_fit(pools, recipe, **kw):  # noqa: ANN001, ANN202
+    def spy_fit(pools, recipe, **kw):
         seen["train"].append([(p.name, len(p)) for p in pools])
         return real_fit(pools, recipe, **kw)
 
-    def spy_predict(model, x, **kw):  # noqa: ANN001, ANN202
+    def spy_predict(model, x, **kw):
         seen["test"].append(x)
         return real_predict(model, x, **kw)
 

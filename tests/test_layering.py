@@ -204,7 +204,7 @@ def test_a_new_architecture_is_one_registration(monkeypatch: pytest.MonkeyPatch)
         architecture("nope")
 
 
-def _tiny_generator(cfg: ModelConfig, num_classes: int):  # noqa: ANN202
+def _tiny_generator(cfg: ModelConfig, num_classes: int):
     import keras
 
     z = keras.Input(shape=(cfg.latent_dim,), name=Z)
@@ -213,7 +213,7 @@ def _tiny_generator(cfg: ModelConfig, num_classes: int):  # noqa: ANN202
                                                name="image")(x))
 
 
-def _tiny_discriminator(cfg: ModelConfig, num_classes: int):  # noqa: ANN202
+def _tiny_discriminator(cfg: ModelConfig, num_classes: int):
     import keras
 
     image = keras.Input(shape=(cfg.image_size, cfg.image_size, 1), name="image")

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -131,7 +131,7 @@ def default_workers() -> int:
 
 def decode_stream(
     items: Sequence[tuple[int, str]], size: int, workers: int
-) -> Iterator[tuple[int, np.ndarray | None, str]]:
+) -> Generator[tuple[int, np.ndarray | None, str], None, None]:
     """Decode ``(position, path)`` items, yielding ``(position, pixels or None, reason)`` in order.
 
     With several workers a bounded window of tasks is kept in flight (no ``imap`` read-ahead of
@@ -321,6 +321,7 @@ def prepare(
             _umask_permissions(tmp)
         _write_report(report, skipped)
     final = table.subset(kept)
+    assert final.split is not None  # load_label_table(split=True) made one
     counts = {s: final.counts(s) for s in SPLIT_NAMES}
     reasons: dict[str, int] = {}
     for _, reason in skipped:

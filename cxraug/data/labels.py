@@ -248,12 +248,12 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise CxrError(f"{path}: not a valid CSV ({str(exc).strip().splitlines()[-1]})") from None
     frame = frame.iloc[:, :used]  # a trailing comma's empty extra field
     frame.columns = columns
-    for name, parts in bracket.items():
+    for name, split_names in bracket.items():
         if name in frame.columns:  # quoted "2500,2048" values: split them back into two columns
             pieces = frame[name].astype("string").str.split(",", expand=True)
             at = frame.columns.get_loc(name)
             frame = frame.drop(columns=[name])
-            for j, part in enumerate(parts):
+            for j, part in enumerate(split_names):
                 value = pieces[j].str.strip() if j in pieces.columns else None
                 frame.insert(at + j, part, value)
     return frame
@@ -379,7 +379,7 @@ def _fill_patient_id(frame: pd.DataFrame, path: Path) -> None:
             f"{path}: row {row + 2}: no {PATIENT_ID} and {names[bad[0]]!r} is not an NIH "
             f"PPPPPPPP_FFF.png name; add a '{PATIENT_ID}' column (patient-level splits need it)")
     values = frame[PATIENT_ID].copy()
-    values[missing] = [int(m.group(1)) for m in matches]
+    values[missing] = [int(m.group(1)) for m in matches if m is not None]  # all (bad is empty)
     frame[PATIENT_ID] = values.astype("Int64")
 
 

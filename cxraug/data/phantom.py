@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -367,7 +368,7 @@ def _pre_anatomy(labels: tuple[str, ...], a: Anatomy, rng: np.random.Generator,
         dome[side] -= rng.uniform(0.04, 0.09)  # elevated hemidiaphragm
         x_lat = list(a.x_lat)
         x_lat[side] -= rng.uniform(0.01, 0.04)
-        a = replace(a, dome_top=tuple(dome), x_lat=tuple(x_lat),
+        a = replace(a, dome_top=(dome[0], dome[1]), x_lat=(x_lat[0], x_lat[1]),
                     mid_shift=a.mid_shift + s * rng.uniform(0.015, 0.04))
         info["atelectasis_side"] = side
     return a, info
@@ -415,9 +416,9 @@ def _apply_signs(labels: tuple[str, ...], a: Anatomy, info: dict, x: np.ndarray,
                 hx, hy = s * 0.22 + a.mid_shift, -0.1
                 centre = rng.choice([-1.25, -0.55, 1.35]) + rng.uniform(-0.2, 0.2)
                 half_ang = rng.uniform(0.25, 0.42)
-                ang = np.arctan2(y - hy, s * (x - hx))
+                ang_map = np.arctan2(y - hy, s * (x - hx))
                 r = np.hypot(x - hx, y - hy)
-                dang = np.angle(np.exp(1j * (ang - centre)))
+                dang = np.angle(np.exp(1j * (ang_map - centre)))
                 wedge = _sigmoid((half_ang - np.abs(dang)) / 0.06) * _sigmoid((r - 0.03) / 0.03)
                 scene.opacity[side] = np.maximum(scene.opacity[side],
                                                   wedge * rng.uniform(0.75, 0.95))
@@ -435,13 +436,13 @@ def _apply_signs(labels: tuple[str, ...], a: Anatomy, info: dict, x: np.ndarray,
         elif label in ("Mass", "Nodule"):
             side = int(rng.integers(0, 2))
             if label == "Mass":
-                r = rng.uniform(0.12, 0.18) * lung_w[side]
+                radius = rng.uniform(0.12, 0.18) * lung_w[side]
                 dens, lob, edge = rng.uniform(0.8, 1.0), rng.uniform(0.03, 0.12), max(eps, 0.012)
             else:
-                r = rng.uniform(0.045, 0.07) * lung_w[side]
+                radius = rng.uniform(0.045, 0.07) * lung_w[side]
                 dens, lob, edge = rng.uniform(0.85, 1.0), 0.02, max(eps * 0.7, 0.005)
-            cx, cy = _point_in_lung(rng, a, side, r + 0.02)
-            blob = _round_opacity(x, y, cx, cy, r, rng, edge, lob)
+            cx, cy = _point_in_lung(rng, a, side, radius + 0.02)
+            blob = _round_opacity(x, y, cx, cy, radius, rng, edge, lob)
             scene.opacity[side] = np.maximum(scene.opacity[side], blob * dens)
             if label == "Nodule":  # small nodules are often calcified: denser than soft tissue
                 scene.extra += blob * rng.uniform(0.15, 0.35) * a.air
@@ -500,9 +501,9 @@ def render_image(spec: ImageSpec, size: int, seed: int = 0) -> np.ndarray:
     heart_m = _heart_margin(x, y, a)
     margins, walls = [], []
     for side in (0, 1):
-        m, w = _lung_margin(x, y, a, side, heart_m)
-        margins.append(m)
-        walls.append(w)
+        margin, wall = _lung_margin(x, y, a, side, heart_m)
+        margins.append(margin)
+        walls.append(wall)
     scene = _apply_signs(spec.labels, a, info, x, y, rng, margins, walls, eps, size)
 
     # lungs: air with slow density variation and vessel markings fanning out from each hilum;
@@ -573,8 +574,8 @@ def render_image(spec: ImageSpec, size: int, seed: int = 0) -> np.ndarray:
 
     # soft tissue extras: breast shadows, gastric air bubble under the left hemidiaphragm
     if a.breasts > 0:
-        for sgn in (-1.0, 1.0):
-            bx, by = sgn * 0.48, a.dome_top[0] + 0.05
+        for side_sign in (-1.0, 1.0):
+            bx, by = side_sign * 0.48, a.dome_top[0] + 0.05
             e = ((x - bx) / 0.36) ** 2 + ((y - by) / 0.3) ** 2
             att += a.breasts * _sigmoid((1.0 - e) / 0.08) * _sigmoid((y - by + 0.15) / 0.1)
     if a.gastric > 0:
@@ -807,7 +808,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _progress(total: int, enabled: bool):  # noqa: ANN202 - tqdm or a no-op stand-in
+def _progress(total: int, enabled: bool) -> Any:  # tqdm or a no-op stand-in
     if enabled:
         from ..progress import progress_bar
 

@@ -94,8 +94,8 @@ def bar_chart(title: str, categories: list[str], series: dict[str, list[float | 
     draw.line([(left, top), (left, height - bottom)], fill="black")
     draw.line([(left, y_of(0)), (width - right, y_of(0))], fill="black")
     for frac in (0.0, 0.5, 1.0):
-        v = vmin + frac * (vmax - vmin)
-        draw.text((2, y_of(v) - 6), f"{v:.3g}", fill="black", font=font)
+        tick = vmin + frac * (vmax - vmin)
+        draw.text((2, y_of(tick) - 6), f"{tick:.3g}", fill="black", font=font)
     group_w = (width - left - right) / max(len(categories), 1)
     bar_w = group_w * 0.8 / max(len(series), 1)
     for ci, name in enumerate(categories):

@@ -136,9 +136,11 @@ def _label_overall(s: Shared, per: dict[str, Any]) -> dict[str, Any]:
     judge = s.judge and s.syn_dec is not None and s.held_dec is not None
     return {"synthetic_auroc": s.macro(per, "label_fidelity", "synthetic_auroc"),
             "real_auroc": s.macro(per, "label_fidelity", "real_auroc"),
-            "synthetic_accuracy": float((s.syn_dec == s.synth_class).mean()) if judge else None,
+            "synthetic_accuracy": float((s.syn_dec == s.synth_class).mean())
+            if judge and s.syn_dec is not None else None,
             "real_accuracy": float((s.held_dec == s.held_class).mean())
-            if judge and s.held_class is not None and len(s.held_class) else None,
+            if judge and s.held_dec is not None and s.held_class is not None and len(s.held_class)
+            else None,
             "label_swap_pixel_ratio": s.macro(per, "label_fidelity", "label_swap_pixel_ratio"),
             "label_swap_feature_ratio": s.macro(per, "label_fidelity",
                                                 "label_swap_feature_ratio")}

@@ -170,7 +170,8 @@ class _SpectralNormMixin:
         self.power_iterations = power_iterations
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "spectral_norm": self.spectral_norm,
+        # super() is the Keras layer this mixin is combined with, unknown to a type checker
+        return {**super().get_config(), "spectral_norm": self.spectral_norm,  # type: ignore[misc]
                 "power_iterations": self.power_iterations}
 
     def _build_sn(self: Any, out_dim: int) -> None:
@@ -360,7 +361,7 @@ def refresh_batchnorm_statistics(model: keras.Model, batches: Any) -> int:
     bns = [layer for layer in _all_layers(model)
            if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [(bn.momentum, bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
-    sums = [None] * len(bns)
+    sums: list[tuple[Any, Any] | None] = [None] * len(bns)
     count = 0
     try:
         for inputs in batches:
@@ -370,8 +371,8 @@ def refresh_batchnorm_statistics(model: keras.Model, batches: Any) -> int:
             count += 1
             for i, bn in enumerate(bns):
                 stats = (bn.moving_mean.numpy(), bn.moving_variance.numpy())
-                sums[i] = stats if sums[i] is None else (sums[i][0] + stats[0],
-                                                         sums[i][1] + stats[1])
+                prev = sums[i]
+                sums[i] = stats if prev is None else (prev[0] + stats[0], prev[1] + stats[1])
     finally:
         for bn, (momentum, mean, var), total in zip(bns, saved, sums, strict=True):
             bn.momentum = momentum

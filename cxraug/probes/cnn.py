@@ -18,6 +18,8 @@ the area).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .stats import TwoSample, wilson_interval
@@ -77,7 +79,7 @@ class TinyCnn:
         self._t = 0
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list]:
-        cache = []
+        cache: list[tuple[Any, ...]] = []
         n_conv = len(self.params) // 2 - 1
         for k in range(n_conv):
             w, b = self.params[2 * k], self.params[2 * k + 1]

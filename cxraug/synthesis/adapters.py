@@ -35,7 +35,7 @@ def torch_dataset(model: str | os.PathLike, options: dict[str, Any],
     torch = _require("torch", "pip install torch (cxraug does not depend on it)")
     from torch.utils.data import IterableDataset, get_worker_info
 
-    class SyntheticXrays(IterableDataset):  # type: ignore[misc]
+    class SyntheticXrays(IterableDataset):
         """Labelled synthetic chest X-rays, drawn as they are read (cxraug)."""
 
         def __init__(self) -> None:

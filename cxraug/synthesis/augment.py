@@ -734,8 +734,8 @@ def _scan(out: Path, targets: list[Target], sink: Sink,
     for location, codes in by_location.items():
         for name in sink.stored(out, location, _ours):
             code, k = parse_synthetic_name(name)
-            t = codes.get(code)
-            if t is None or k >= t.count:
+            target = codes.get(code)
+            if target is None or k >= target.count:
                 continue
             if records is not None:
                 record = sink.record(out, location, name)

@@ -11,11 +11,13 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from .filters import TEXT_KEY, SlotRecord
 
+_isal: ModuleType | None
 try:  # Intel's ISA-L DEFLATE (optional: pip install 'cxraug[fast-png]')
     from isal import isal_zlib as _isal
 except ImportError:
@@ -72,7 +74,7 @@ def encode_png(gray: np.ndarray, level: int | None = None, text: str | None = No
             + _png_chunk(b"IEND", b""))
 
 
-def require_isal() -> object:
+def require_isal() -> ModuleType:
     """ISA-L's ``isal_zlib``, or a one-line error saying how to install it."""
     if _isal is None:
         from ..errors import CxrError

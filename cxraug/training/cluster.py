@@ -117,7 +117,7 @@ def join(cluster: Cluster, backend: str) -> None:
                       num_processes=cluster.processes, process_id=cluster.process_id)
     try:
         jax.distributed.initialize(**kwargs)  # type: ignore[arg-type]
-    except Exception as exc:  # noqa: BLE001 - JAX raises bare RuntimeError/ValueError
+    except Exception as exc:  # JAX raises bare RuntimeError/ValueError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = ("the cluster's environment" if cluster.coordinator == AUTO
                  else f"coordinator {cluster.coordinator}")
@@ -249,7 +249,7 @@ class Meetings:
     def _get(self, key: str) -> str | None:
         try:
             return self.client.key_value_try_get(key)
-        except Exception:  # noqa: BLE001 - "not found" is an exception here
+        except Exception:  # "not found" is an exception here
             return None
 
     def _set(self, key: str, value: str) -> bool:
@@ -257,7 +257,7 @@ class Meetings:
         try:
             self.client.key_value_set(key, value)
             return True
-        except Exception:  # noqa: BLE001 - ALREADY_EXISTS: another process wrote it first
+        except Exception:  # ALREADY_EXISTS: another process wrote it first
             return False
 
     def _ranks(self, directory: str) -> set[int]:
@@ -360,7 +360,7 @@ class Meetings:
             return value
         try:
             return self.client.blocking_key_value_get(key, int(self.timeout_s * 1000))
-        except Exception:  # noqa: BLE001 - the coordination service's DEADLINE_EXCEEDED
+        except Exception:  # the coordination service's DEADLINE_EXCEEDED
             self.check()
             raise self._stop(f"training cluster: process 0 did not share '{name}' within "
                              f"{self.timeout_s:g} s; rerun the same commands with --resume"
@@ -377,7 +377,7 @@ class Meetings:
         while time.monotonic() < deadline:
             try:
                 read = self._ranks("read")
-            except Exception:  # noqa: BLE001 - the service is going away: nothing to wait for
+            except Exception:  # the service is going away: nothing to wait for
                 return
             if read >= set(self.late):
                 return

@@ -355,9 +355,9 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
     if t.eval_every and chief:
         tracker = RealismTracker(data, label_pool, recipe.model.latent_dim, t.eval_images,
                                  t.seed)
-        best = [e for e in read_checkpoint_index(out) if e.get("reason") == "best"]
+        bests = [e for e in read_checkpoint_index(out) if e.get("reason") == "best"]
         # a best checkpoint chosen by an older rule (no realism_gap) is measured again
-        tracker.best = best[-1].get("realism_gap") if best else None
+        tracker.best = bests[-1].get("realism_gap") if bests else None
     metrics = _read_metrics(paths.metrics, epochs_done)
     writer = event_writer(paths.tensorboard, trainer.backend_name if chief else "")
     if trainer.backend_name != "tensorflow":
@@ -459,6 +459,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
             last = budget_spent
             if chief and ((epoch + 1) % t.sample_every == 0 or last):
                 trainer.standing_statistics(label_pool)
+                assert grid_z is not None  # loaded on the chief
                 images, names = generate_grid(trainer.sample_generator, grid_z,
                                               dataset.class_names, trainer.label_mode)
                 grid = draw_grid(images, names)

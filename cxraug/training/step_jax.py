@@ -108,7 +108,8 @@ class JaxTrainer(TrainerBase):
         self.state = self._replicate(self.state)
         # host-side counters, checkpointed with the state
         self.host = {"epoch": 0, "epoch_wall": 0.0, "run_seconds": 0.0}
-        self._step = jax.jit(self._pure_step, donate_argnums=(0,))
+        # jitted, then (first train_step) compiled ahead: two jax.stages types, called alike
+        self._step: Any = jax.jit(self._pure_step, donate_argnums=(0,))
         self._last: dict[str, Any] = {}
         self._synced = True
 
@@ -439,7 +440,9 @@ class JaxCheckpoints:
     def write(self, name: str) -> None:
         self.trainer.sync_models()
         tmp = self.directory / f".{name}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **self.trainer.arrays())
+        # typed loosely: numpy's stub would match the names against savez's own keywords
+        arrays: dict[str, Any] = self.trainer.arrays()
+        np.savez(tmp, **arrays)
         os.replace(tmp, self.directory / f"{name}.npz")
 
     def save(self, number: int) -> str:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -58,6 +59,18 @@ def dtype_policy(name: str | None) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+class Checkpoints(Protocol):
+    """A trainer's checkpoint store (:meth:`TrainerBase.checkpoints`), as the run driver uses it."""
+
+    def save(self, number: int) -> str: ...
+
+    def kept(self) -> set[str]: ...
+
+    def restore(self, name: str) -> None: ...
+
+    def write(self, name: str) -> None: ...
 
 
 class TrainerBase:
@@ -252,6 +265,46 @@ class TrainerBase:
         """Wait until every process got here (one process: nothing to wait for)."""
 
     def step_count(self) -> int:
+        raise NotImplementedError
+
+    # each backend's trainer implements these (its state, its checkpoints, its step)
+    def epoch_count(self) -> int:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        raise NotImplementedError
+
+    def run_seconds(self) -> float:
+        raise NotImplementedError
+
+    def set_run_seconds(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def add_epoch_wall(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def epoch_wall_s(self) -> float:
+        raise NotImplementedError
+
+    def reset_epoch_sums(self) -> None:
+        raise NotImplementedError
+
+    def devices(self) -> list[str]:
+        raise NotImplementedError
+
+    def checkpoints(self, directory: Path, keep: int, prefix: str) -> Checkpoints:
+        raise NotImplementedError
+
+    def batches(self, dataset: Any, epoch: int, start_step: int) -> Any:
+        raise NotImplementedError
+
+    def train_step(self, real: Any, labels: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def last_losses(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def first_bad_step(self) -> tuple[int, dict[str, float]] | None:
         raise NotImplementedError
 
     def epoch_means(self) -> dict[str, float]:
