@@ -807,3 +807,23 @@ def test_a_job_resumes_across_deflates_and_isal_is_one_line_when_missing(
     assert main(["augment", "--model", str(model), "--out", str(tmp_path / "b"), "--per-class",
                  "1", "--png-deflate", "gzip", "--device", "cpu"]) == 2
     assert "--png-deflate 'gzip': choose zlib or isal" in capsys.readouterr().err
+
+
+def test_a_generator_with_a_downstream_result_says_how_to_use_its_images(tmp_path: Path) -> None:
+    """`<model>.downstream.json` beside the model: augment prints and records its
+    recommendation; an unreadable one is named and ignored; without one, nothing is said."""
+    from cxraug.synthesis.augment import downstream_note
+
+    model = make_generator(tmp_path / "g.onnx")
+    assert downstream_note(model) is None
+    (tmp_path / "g.downstream.json").write_text(json.dumps({
+        "n_test": 464, "n_test_patients": 224,
+        "recommendation": {"strategy": None, "text": "recommended: none; train on real only"}}))
+    result = run(model, tmp_path / "aug", per_class=1, privacy_filter=False)
+    note = [n for n in result.notes if "how to use these images" in n]
+    assert note and "464 real test images of 224 patients" in note[0] \
+        and "recommended: none" in note[0]
+    manifest = json.loads((tmp_path / "aug" / "manifest.json").read_text())
+    assert note[0] in manifest["notes"]
+    (tmp_path / "g.downstream.json").write_text("{not json")
+    assert "not a readable `cxraug downstream` result" in str(downstream_note(model))

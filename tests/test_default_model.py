@@ -78,6 +78,8 @@ def test_a_non_editable_install_finds_the_default_model(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         assert "cxraug/exported_models/nih-sample-64.onnx" in zf.namelist()
         assert "cxraug/exported_models/nih-sample-64.trainref.h5" in zf.namelist()
+        # what downstream measured for it: augment says how to use its images
+        assert "cxraug/exported_models/nih-sample-64.downstream.json" in zf.namelist()
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target",
                     str(site), str(wheel)], check=True, timeout=600)
