@@ -63,7 +63,7 @@ def one(recipe_name: str, overrides: dict, steps: int) -> dict:
     import keras
 
     from cxraug.recipe import load_recipe
-    from cxraug.training.trainer import make_trainer
+    from cxraug.training.backends import make_trainer
 
     recipe = load_recipe(recipe_name, overrides=overrides)
     trainer = make_trainer(recipe, 15, devices=1)

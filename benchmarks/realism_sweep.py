@@ -165,10 +165,11 @@ def measure_run(run: Path, data: Path, out: Path, cnn_epochs: int, max_measured:
         if loaded is not None:
             generator = loaded
         else:
-            from cxraug.training.run import _load_jax_generator, checkpoint_prefix
+            from cxraug.training.jax_checkpoint import SUFFIX, load_generator_weights
+            from cxraug.training.run import checkpoint_prefix
 
-            _load_jax_generator(generator.model, Path(checkpoint_prefix(run, entry) + ".npz"),
-                                generator.ema)
+            load_generator_weights(generator.model, Path(checkpoint_prefix(run, entry) + SUFFIX),
+                                   generator.ema)
         z = rng.standard_normal((len(labels), generator.recipe.model.latent_dim)).astype(
             np.float32)
         inputs = inputs_for(label_mode_of(generator.recipe.model), z, labels)

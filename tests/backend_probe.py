@@ -23,7 +23,7 @@ import numpy as np
 
 from cxraug.contract import IMAGE
 from cxraug.recipe import load_recipe
-from cxraug.training.trainer import make_trainer
+from cxraug.training.backends import make_trainer
 
 NUM_CLASSES = 7
 SMALL = {"model.image_size": 32, "train.batch_size": 8}

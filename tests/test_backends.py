@@ -124,6 +124,7 @@ def test_training_modules_that_are_shared_stay_backend_neutral() -> None:
     pytest.importorskip("jax", reason="the JAX backend needs jax (pip install 'cxraug[jax]')")
     code = ("import sys\n"
             "import cxraug.losses, cxraug.diffaugment, cxraug.training.trainer\n"
+            "import cxraug.training.protocol, cxraug.training.backends\n"
             "import cxraug.training.dataset, cxraug.training.tensorboard, cxraug.models\n"
             "import cxraug.training.step_jax\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')\n"

@@ -140,6 +140,31 @@ def test_the_import_walk_sees_imports_inside_functions() -> None:
     assert _wrong_way("cxraug.cli", "cxraug.evaluation.report") is None
 
 
+def test_the_training_backends_are_chosen_beside_the_driver() -> None:
+    """What the backends share (trainer.py) and the driver's contract (protocol.py) import no
+    backend's step, nor the factory that picks one (backends.py): no import circle."""
+    backends = {"cxraug.training.step_tf", "cxraug.training.step_jax",
+                "cxraug.training.backends", "cxraug.training.loop"}
+    for module in ("cxraug.training.trainer", "cxraug.training.protocol"):
+        source = MODULES[module].read_text(encoding="utf-8")
+        assert not {t for _, t in _imports(source, module, False)} & backends, module
+
+
+def test_the_trainer_contract_is_declared() -> None:
+    """Every member of the driver's contract is the trainer base's, abstract where only a
+    backend can implement it, or one of the settings its constructor sets."""
+    from cxraug.training.protocol import Trainer
+    from cxraug.training.trainer import TrainerBase
+
+    members = {n for n in vars(Trainer) if not n.startswith("_")}
+    assert {n for n in members if not hasattr(TrainerBase, n)} == {
+        "replicas", "mixed", "label_mode", "label_key"}
+    assert {"step_count", "train_step", "checkpoints", "batches", "first_bad_step",
+            "_sums_and_p"} <= TrainerBase.__abstractmethods__
+    with pytest.raises(TypeError, match="abstract"):
+        TrainerBase(load_recipe("smoke-32"), 3)  # type: ignore[abstract]
+
+
 def _modules_after(code: str) -> list[str]:
     out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
                           "print(json.dumps(sorted(sys.modules)))"],
@@ -159,7 +184,8 @@ def test_tf_free_modules_stay_tf_free() -> None:
         "cxraug.data.labels, cxraug.data.phantom, "
         "cxraug.synthesis.augment, cxraug.synthesis.filters, cxraug.synthesis.draw, "
         "cxraug.inference.generator, cxraug.inference.specialize, cxraug.inference.classifier, "
-        "cxraug.metrics_csv, cxraug.data.reference, "
+        "cxraug.metrics_csv, cxraug.data.reference, cxraug.training.protocol, "
+        "cxraug.training.jax_checkpoint, "
         "cxraug.evaluation.report, cxraug.evaluation.metrics, cxraug.evaluation.realism\n"
         "cxraug.recipe.load_recipe('cxraug-128')")
     assert not [m for m in loaded if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx")]

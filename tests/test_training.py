@@ -565,6 +565,48 @@ def test_ada_moves_p_toward_the_overfitting_target() -> None:
     assert float(trainer.aug_p.numpy()) == 0.0
 
 
+def test_the_jax_checkpoint_layout_is_written_and_read_in_one_place(tmp_path: Path) -> None:
+    """A JAX checkpoint's arrays round-trip through its one owner (numpy only, no JAX): the
+    state, the host counters, the EMA statistics, and a generator's weights for export; a
+    network of another shape is refused."""
+    from types import SimpleNamespace
+
+    from cxraug.training import jax_checkpoint as J
+
+    state = {"g": [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)],
+             "g_stats": [np.full(2, 3.0, np.float32)], "ema": [np.zeros((2, 3), np.float32),
+                                                             np.zeros(4, np.float32)],
+             "step": np.asarray(7, np.int32)}
+    host = {"epoch": 2, "epoch_wall": 1.5, "run_seconds": 9.0}
+    path = tmp_path / f"ckpt-7{J.SUFFIX}"
+    np.savez(path, **J.pack(state, host, [np.full(2, 5.0, np.float32)]))
+    with np.load(path) as data:
+        assert str(data["format"]) == J.FORMAT and int(data["g/count"]) == 2
+        saved, counters, stats = J.unpack(data, state, {k: 0 for k in host}, 1, str(path))
+    assert counters == host and isinstance(counters["epoch"], int)
+    assert int(saved["step"]) == 7 and np.array_equal(saved["g"][0], state["g"][0])
+    assert [s.tolist() for s in stats] == [[5.0, 5.0]]
+    with np.load(path) as data, pytest.raises(CxrError, match="holds shape"):
+        J.unpack(data, {**state, "g": [np.zeros((3, 2)), np.ones(4)]}, host, None, str(path))
+
+    class Var(SimpleNamespace):
+        def assign(self, value: np.ndarray) -> None:
+            self.value = np.asarray(value)
+
+    def generator(shape: tuple[int, ...]) -> SimpleNamespace:
+        return SimpleNamespace(
+            trainable_variables=[Var(shape=shape, path="w"), Var(shape=(4,), path="b")],
+            non_trainable_variables=[Var(shape=(2,), path="mean")])
+
+    g = generator((2, 3))
+    J.load_generator_weights(g, path, use_ema=True)
+    assert g.trainable_variables[0].value.sum() == 0 and g.non_trainable_variables[0].value[0] == 5
+    J.load_generator_weights(g, path, use_ema=False)
+    assert g.trainable_variables[0].value.sum() == 15 and g.non_trainable_variables[0].value[0] == 3
+    with pytest.raises(CxrError, match="does not match the run's recipe"):
+        J.load_generator_weights(generator((3, 2)), path, use_ema=False)
+
+
 def test_diff_augment_with_probability_zero_is_the_identity() -> None:
     import tensorflow as tf
 

@@ -1,7 +1,8 @@
 """The run driver of ``cxraug train``: run folders, budgets, checkpoints, resume, metrics.
 
-It is the same for both backends; the step and the state are the trainer's (:mod:`.trainer`;
-:mod:`.step_tf` on TensorFlow, the default, :mod:`.step_jax` with ``KERAS_BACKEND=jax``). The input
+It is the same for both backends; the step and the state are the trainer's, used only through
+:class:`.protocol.Trainer` (made by :func:`.backends.make_trainer`: :mod:`.step_tf` on
+TensorFlow, the default, :mod:`.step_jax` with ``KERAS_BACKEND=jax``). The input
 order is a pure function of (seed, epoch) (see ``dataset.py``) and all noise is in the
 checkpointed state, so a run stopped at any step and resumed continues exactly as if it had never
 stopped. Numbers are read back from the device every :data:`FETCH_EVERY` steps and at every
@@ -35,8 +36,10 @@ from ..io_utils import write_text_atomic
 from ..metrics_csv import read_metrics
 from ..progress import progress_bar
 from ..recipe import Recipe, load_recipe
+from .backends import backend, make_trainer
 from .cluster import Cluster, join
 from .dataset import CacheDataset
+from .protocol import Trainer
 from .run import (
     BEST_PREFIX,
     CHECKPOINT_PREFIX,
@@ -49,7 +52,6 @@ from .run import (
 from .sampling import draw_grid, generate_grid, grid_latents, save_png
 from .tensorboard import event_writer
 from .tracking import REALISM_COLUMNS, RealismTracker, realism_line
-from .trainer import TrainerBase, backend, make_trainer
 
 METRIC_COLUMNS = ("epoch", "step", "kimg", "d_acc_fake", "d_acc_real", "d_loss", "g_loss",
                   "r_t", "aug_p", "wall_s", "img_per_s", *REALISM_COLUMNS)
@@ -287,7 +289,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
 
     # Reproducibility: seeded weights, seeded noise, and deterministic kernels on CPU.
     keras.utils.set_random_seed(t.seed)
-    trainer = make_trainer(recipe, dataset.num_classes, devices)
+    trainer: Trainer = make_trainer(recipe, dataset.num_classes, devices)
     chief = trainer.is_chief
     # every process has checked the folder (above) before the chief writes into it
     trainer.barrier("run-checks")
@@ -535,7 +537,7 @@ def _train(recipe: Recipe, data: str | Path, out: str | Path, resume: bool, prog
                                                          trainer.process_count))
 
 
-def _check_finite(trainer: TrainerBase, steps_per_epoch: int) -> None:
+def _check_finite(trainer: Trainer, steps_per_epoch: int) -> None:
     """Raise :class:`_Diverged` naming the first step whose numbers were not finite (the step
     records it on the device; this reads one number)."""
     bad = trainer.first_bad_step()

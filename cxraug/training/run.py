@@ -97,10 +97,12 @@ def read_checkpoint_index(run_dir: str | Path) -> list[dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CxrError(f"{path} is corrupt; the run's checkpoints cannot be listed "
                        "(restore it or start a new run)") from None
+    from .jax_checkpoint import SUFFIX
+
     root = RunPaths(Path(run_dir)).checkpoints
     # a TensorFlow checkpoint (NAME.index + data) or a JAX one (NAME.npz)
     return [e for e in entries if (root / f"{e['name']}.index").is_file()
-            or (root / f"{e['name']}.npz").is_file()]
+            or (root / f"{e['name']}{SUFFIX}").is_file()]
 
 
 def latest_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,65 +193,22 @@ def load_generator(run_dir: str | Path, checkpoint: str | None = None) -> Loaded
     # Always float32 here: mixed-precision runs keep float32 master weights, and export/sampling
     # want float32 graphs.
     generator = models.build_generator(recipe.model, len(class_names))
-    npz = Path(checkpoint_prefix(run_dir, entry) + ".npz")
-    if npz.is_file():
-        _load_jax_generator(generator, npz, use_ema)
-    else:
-        _load_tf_generator(generator, checkpoint_prefix(run_dir, entry), use_ema, entry, run_dir)
+    from .jax_checkpoint import SUFFIX, load_generator_weights
+
+    npz = Path(checkpoint_prefix(run_dir, entry) + SUFFIX)
+    if npz.is_file():  # a JAX run's (its format: jax_checkpoint.py)
+        load_generator_weights(generator, npz, use_ema)
+    else:  # a TensorFlow run's (its format: step_tf.py)
+        from .step_tf import load_generator_weights as load_tf_generator
+
+        load_tf_generator(generator, checkpoint_prefix(run_dir, entry), use_ema,
+                          f"{entry['name']} from {run_dir}")
     return LoadedGenerator(
         model=generator, recipe=recipe, class_names=class_names, epoch=int(entry["epoch"]),
         step=int(entry["step"]), data_fingerprint=str(info.get("data", {}).get("fingerprint", "")),
         checkpoint=entry["name"], ema=use_ema, run_dir=run_dir, view=_training_view(info),
         n_images=int(info.get("data", {}).get("images", 0) or 0),
     )
-
-
-def _load_jax_generator(generator: Any, path: Path, use_ema: bool) -> None:
-    """The generator's weights from a JAX run's ``.npz`` (:mod:`.step_jax`): the same networks
-    list their variables in the same order on every backend; shapes are checked."""
-    import numpy as np
-
-    trainable, stats = ("ema", "ema_stats") if use_ema else ("g", "g_stats")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            counts = (int(data[f"{trainable}/count"]), int(data[f"{stats}/count"]))
-            if counts != (len(generator.trainable_variables),
-                          len(generator.non_trainable_variables)):
-                raise ValueError(f"it holds {counts[0]} + {counts[1]} generator arrays, the "
-                                 f"recipe's generator {len(generator.trainable_variables)} + "
-                                 f"{len(generator.non_trainable_variables)}")
-            pairs = [(v, data[f"{trainable}/{i:04d}"])
-                     for i, v in enumerate(generator.trainable_variables)]
-            pairs += [(v, data[f"{stats}/{i:04d}"])
-                      for i, v in enumerate(generator.non_trainable_variables)]
-    except (OSError, KeyError, ValueError) as exc:
-        raise CxrError(f"cannot restore {path}: {exc}; the checkpoint does not match the run's "
-                       "recipe.toml") from None
-    for var, value in pairs:
-        if tuple(var.shape) != tuple(value.shape):
-            raise CxrError(f"cannot restore {path}: {var.path} has shape {tuple(var.shape)}, the "
-                           f"checkpoint {value.shape}; it does not match the run's recipe.toml")
-        var.assign(value)
-
-
-def _load_tf_generator(generator: Any, prefix: str, use_ema: bool, entry: dict[str, Any],
-                       run_dir: Path) -> None:
-    import tensorflow as tf
-
-    objects: dict[str, Any] = {"generator": generator}
-    if use_ema:
-        objects["ema_generator"] = generator
-        objects.pop("generator")
-    ckpt = tf.train.Checkpoint(**objects)
-    try:
-        # read (not restore): a best-<step> checkpoint written before the first regular save has
-        # no save counter, which restore() would create and then miss
-        status = ckpt.read(prefix).expect_partial()
-        status.assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CxrError(f"cannot restore {entry['name']} from {run_dir}: {first}; "
-                       "the checkpoint does not match the run's recipe.toml") from None
 
 
 def _training_view(info: dict[str, Any]) -> str:

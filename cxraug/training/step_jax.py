@@ -1,6 +1,6 @@
 """The JAX trainer: ``jax.value_and_grad`` over Keras ``stateless_call``, the whole step jitted
-(XLA), state as arrays carried from step to step, ``.npz`` checkpoints. No TensorFlow: this is the
-path that runs on a GPU machine with JAX only.
+(XLA), state as arrays carried from step to step, ``.npz`` checkpoints (their format:
+:mod:`.jax_checkpoint`). No TensorFlow: this is the path that runs on a GPU machine with JAX only.
 
 The state (weights, batch-norm and spectral-norm statistics, optimizer slots, EMA weights, the
 PRNG key, step, ADA's probability, the epoch's sums) lives on the device between steps; the run
@@ -30,10 +30,8 @@ import numpy as np
 
 from ..diffaugment import KeyNoise
 from ..recipe import Recipe
+from .jax_checkpoint import JaxCheckpoints, pack, unpack
 from .trainer import STANDING_BATCHES, SUM_KEYS, TrainerBase, dtype_policy
-
-#: Checkpoint format written by this module (``format`` entry of the ``.npz``).
-FORMAT = "cxraug-jax-checkpoint-1"
 
 
 def use_compilation_cache() -> None:
@@ -373,89 +371,29 @@ class JaxTrainer(TrainerBase):
         return JaxCheckpoints(self, directory, keep, prefix)
 
     # ------------------------------------------------------------------------ checkpoints
+    # (their layout and files: :mod:`.jax_checkpoint`)
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything a resume needs, as named numpy arrays."""
-        out: dict[str, np.ndarray] = {"format": np.asarray(FORMAT)}
-        for name, value in self.state.items():
-            if isinstance(value, list):
-                for i, v in enumerate(value):
-                    out[f"{name}/{i:04d}"] = np.asarray(v)
-                out[f"{name}/count"] = np.asarray(len(value))
-            else:
-                out[name] = np.asarray(value)
-        for name, value in self.host.items():
-            out[f"host/{name}"] = np.asarray(value)
-        if self.ema_generator is not None:  # its batch-norm statistics: standing statistics
-            for i, v in enumerate(self.ema_generator.non_trainable_variables):
-                out[f"ema_stats/{i:04d}"] = np.asarray(v.value)
-            out["ema_stats/count"] = np.asarray(len(self.ema_generator.non_trainable_variables))
-        return out
+        ema_stats = (None if self.ema_generator is None else
+                     [v.value for v in self.ema_generator.non_trainable_variables])
+        return pack(self.state, self.host, ema_stats)
 
     def load_arrays(self, data: Any, where: str) -> None:
         """Put saved arrays back (shapes and counts checked: a recipe change cannot slip in)."""
-        from ..errors import CxrError
-
-        if str(data.get("format", "")) != FORMAT:
-            raise CxrError(f"{where} is not a cxraug JAX checkpoint")
+        ema = self.ema_generator
+        saved, self.host, ema_stats = unpack(
+            data, self.state, self.host,
+            None if ema is None else len(ema.non_trainable_variables), where)
         state: dict[str, Any] = {}
         for name, value in self.state.items():
             if isinstance(value, list):
-                count = int(data[f"{name}/count"])
-                if count != len(value):
-                    raise CxrError(f"{where}: {name} has {count} arrays, the recipe's networks "
-                                   f"{len(value)}; the checkpoint does not match the recipe")
-                arrays = [data[f"{name}/{i:04d}"] for i in range(count)]
-                for a, v in zip(arrays, value, strict=True):
-                    if tuple(a.shape) != tuple(v.shape):
-                        raise CxrError(f"{where}: {name} holds shape {a.shape} where the "
-                                       f"recipe's network has {v.shape}")
-                state[name] = [jnp.asarray(a, dtype=v.dtype) for a in arrays]
+                state[name] = [jnp.asarray(a, dtype=v.dtype)
+                               for a, v in zip(saved[name], value, strict=True)]
             else:
-                state[name] = jnp.asarray(data[name], dtype=value.dtype)
+                state[name] = jnp.asarray(saved[name], dtype=value.dtype)
         self.state = self._replicate(state)
-        self.host = {k: (int if k == "epoch" else float)(data[f"host/{k}"]) for k in self.host}
         self._synced = False
         self.sync_models()
-        if self.ema_generator is not None:
-            for i, v in enumerate(self.ema_generator.non_trainable_variables):
-                v.assign(data[f"ema_stats/{i:04d}"])
-
-
-class JaxCheckpoints:
-    """``NAME.npz`` files of a run: numbered ones (the newest ``keep`` kept) and named ones
-    outside that rotation (best-<step>). Written to a temporary file and renamed: a checkpoint
-    is complete or absent."""
-
-    def __init__(self, trainer: JaxTrainer, directory: Path, keep: int, prefix: str) -> None:
-        self.trainer, self.directory, self.keep, self.prefix = trainer, directory, keep, prefix
-
-    def _numbered(self) -> list[tuple[int, str]]:
-        found = []
-        for p in self.directory.glob(f"{self.prefix}-*.npz"):
-            number = p.stem[len(self.prefix) + 1:]
-            if number.isdigit():
-                found.append((int(number), p.stem))
-        return sorted(found)
-
-    def write(self, name: str) -> None:
-        self.trainer.sync_models()
-        tmp = self.directory / f".{name}.{os.getpid()}.tmp.npz"
-        # typed loosely: numpy's stub would match the names against savez's own keywords
-        arrays: dict[str, Any] = self.trainer.arrays()
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.directory / f"{name}.npz")
-
-    def save(self, number: int) -> str:
-        name = f"{self.prefix}-{number}"
-        self.write(name)
-        for _, old in self._numbered()[:-self.keep] if self.keep > 0 else []:
-            (self.directory / f"{old}.npz").unlink(missing_ok=True)
-        return name
-
-    def kept(self) -> set[str]:
-        return {name for _, name in self._numbered()}
-
-    def restore(self, name: str) -> None:
-        path = self.directory / f"{name}.npz"
-        with np.load(path, allow_pickle=False) as data:
-            self.trainer.load_arrays(data, str(path))
+        if ema is not None:
+            for v, value in zip(ema.non_trainable_variables, ema_stats, strict=True):
+                v.assign(value)

@@ -3,7 +3,9 @@
 
 All noise (latent vectors, fake labels, DiffAugment parameters) comes from one
 ``tf.random.Generator`` whose state is checkpointed with the weights, the optimizers, the step and
-the epoch's running sums, so a run stopped at any step and resumed continues exactly.
+the epoch's running sums, so a run stopped at any step and resumed continues exactly. This module
+is the one owner of that checkpoint format: :func:`load_generator_weights` reads a generator back
+from it for export and sampling (:func:`.run.load_generator`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,29 @@ def pick_strategy(devices: int | None = None) -> tf.distribute.Strategy:
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([g.name for g in gpus])
     return tf.distribute.get_strategy()
+
+
+def load_generator_weights(generator: keras.Model, prefix: str, use_ema: bool,
+                           where: str) -> None:
+    """The generator's weights from a TensorFlow run's checkpoint ``prefix`` (the objects
+    :class:`TFTrainer` names ``generator`` and ``ema_generator``) into the Keras ``generator``
+    (the EMA ones where ``use_ema``), for export and sampling."""
+    from ..errors import CxrError
+
+    objects: dict[str, Any] = {"generator": generator}
+    if use_ema:
+        objects["ema_generator"] = generator
+        objects.pop("generator")
+    ckpt = tf.train.Checkpoint(**objects)
+    try:
+        # read (not restore): a best-<step> checkpoint written before the first regular save has
+        # no save counter, which restore() would create and then miss
+        status = ckpt.read(prefix).expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CxrError(f"cannot restore {where}: {first}; "
+                       "the checkpoint does not match the run's recipe.toml") from None
 
 
 class TFTrainer(TrainerBase):

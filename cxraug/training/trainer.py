@@ -20,9 +20,10 @@ Fake labels (``train.fake_labels``): ``uniform`` draws every class equally often
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import keras
 import numpy as np
@@ -33,6 +34,7 @@ from ..diffaugment import diff_augment
 from ..errors import CxrError
 from ..losses import LOSSES, class_loss
 from ..recipe import Recipe
+from .protocol import Checkpoints
 
 #: ADA adjusts its augmentation probability every this many steps (StyleGAN2-ADA: 4).
 ADA_INTERVAL = 4
@@ -43,10 +45,6 @@ SUM_KEYS = ("d_loss", "g_loss", "d_acc_real", "d_acc_fake", "r_t", "steps")
 
 # A D call: (images, labels) -> (real/fake logits [N, 1] float32, class logits [N, C] or None)
 DCall = Callable[[Any, Any], tuple[Any, Any]]
-
-
-def backend() -> str:
-    return keras.backend.backend()
 
 
 @contextlib.contextmanager
@@ -61,20 +59,10 @@ def dtype_policy(name: str | None) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-class Checkpoints(Protocol):
-    """A trainer's checkpoint store (:meth:`TrainerBase.checkpoints`), as the run driver uses it."""
-
-    def save(self, number: int) -> str: ...
-
-    def kept(self) -> set[str]: ...
-
-    def restore(self, name: str) -> None: ...
-
-    def write(self, name: str) -> None: ...
-
-
-class TrainerBase:
-    """Settings of one run's step, and the backend-neutral pieces of it."""
+class TrainerBase(ABC):
+    """Settings of one run's step, and the backend-neutral pieces of it: a :class:`.Trainer`
+    (the run driver's contract, :mod:`.protocol`) except for what only a backend knows, its
+    state, its step and its checkpoints (the abstract methods below)."""
 
     backend_name = ""
 
@@ -248,8 +236,7 @@ class TrainerBase:
         return ops.where(due, moved, aug_p), ops.where(due, ops.zeros((2,), "float32"), acc)
 
     # ------------------------------------------------------------- what the run driver uses
-    #: This process's rank among the processes that train together, and their number; the
-    #: chief (rank 0) is the one that writes the run folder (see :mod:`.cluster`).
+    # (documented in :class:`.protocol.Trainer`; what only a backend knows is abstract here)
     process_index = 0
     process_count = 1
 
@@ -258,54 +245,10 @@ class TrainerBase:
         return self.process_index == 0
 
     def agree(self, flag: bool) -> bool:
-        """The chief's ``flag`` on every process (decisions taken from a process's own clock)."""
-        return flag
+        return flag  # one process: its own flag
 
     def barrier(self, name: str) -> None:
-        """Wait until every process got here (one process: nothing to wait for)."""
-
-    def step_count(self) -> int:
-        raise NotImplementedError
-
-    # each backend's trainer implements these (its state, its checkpoints, its step)
-    def epoch_count(self) -> int:
-        raise NotImplementedError
-
-    def set_epoch(self, epoch: int) -> None:
-        raise NotImplementedError
-
-    def run_seconds(self) -> float:
-        raise NotImplementedError
-
-    def set_run_seconds(self, seconds: float) -> None:
-        raise NotImplementedError
-
-    def add_epoch_wall(self, seconds: float) -> None:
-        raise NotImplementedError
-
-    def epoch_wall_s(self) -> float:
-        raise NotImplementedError
-
-    def reset_epoch_sums(self) -> None:
-        raise NotImplementedError
-
-    def devices(self) -> list[str]:
-        raise NotImplementedError
-
-    def checkpoints(self, directory: Path, keep: int, prefix: str) -> Checkpoints:
-        raise NotImplementedError
-
-    def batches(self, dataset: Any, epoch: int, start_step: int) -> Any:
-        raise NotImplementedError
-
-    def train_step(self, real: Any, labels: Any) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def last_losses(self) -> dict[str, float]:
-        raise NotImplementedError
-
-    def first_bad_step(self) -> tuple[int, dict[str, float]] | None:
-        raise NotImplementedError
+        return None  # one process: nothing to wait for
 
     def epoch_means(self) -> dict[str, float]:
         sums, aug_p = self._sums_and_p()
@@ -315,21 +258,49 @@ class TrainerBase:
                 "d_loss": d_loss / steps, "g_loss": g_loss / steps, "r_t": r_t / steps,
                 "aug_p": aug_p}
 
+    # each backend's trainer implements these: its state, its checkpoints, its step
+    @abstractmethod
     def _sums_and_p(self) -> tuple[np.ndarray, float]:
-        raise NotImplementedError
+        """The epoch's running sums (:data:`SUM_KEYS`) and ADA's probability, read back."""
 
+    @abstractmethod
+    def step_count(self) -> int: ...
 
-def make_trainer(recipe: Recipe, num_classes: int, devices: int | None = None) -> TrainerBase:
-    """The trainer of the backend Keras runs on (``KERAS_BACKEND``: tensorflow or jax), on the
-    first ``devices`` accelerators (default: all)."""
-    name = backend()
-    if name == "tensorflow":
-        from .step_tf import TFTrainer, pick_strategy
+    @abstractmethod
+    def epoch_count(self) -> int: ...
 
-        return TFTrainer(recipe, num_classes, strategy=pick_strategy(devices))
-    if name == "jax":
-        from .step_jax import JaxTrainer
+    @abstractmethod
+    def set_epoch(self, epoch: int) -> None: ...
 
-        return JaxTrainer(recipe, num_classes, devices=devices)
-    raise CxrError(f"KERAS_BACKEND={name}: cxraug trains on tensorflow or jax; set "
-                   "KERAS_BACKEND=tensorflow (the default) or jax")
+    @abstractmethod
+    def run_seconds(self) -> float: ...
+
+    @abstractmethod
+    def set_run_seconds(self, seconds: float) -> None: ...
+
+    @abstractmethod
+    def add_epoch_wall(self, seconds: float) -> None: ...
+
+    @abstractmethod
+    def epoch_wall_s(self) -> float: ...
+
+    @abstractmethod
+    def reset_epoch_sums(self) -> None: ...
+
+    @abstractmethod
+    def devices(self) -> list[str]: ...
+
+    @abstractmethod
+    def checkpoints(self, directory: Path, keep: int, prefix: str) -> Checkpoints: ...
+
+    @abstractmethod
+    def batches(self, dataset: Any, epoch: int, start_step: int) -> Any: ...
+
+    @abstractmethod
+    def train_step(self, real: Any, labels: Any) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def last_losses(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def first_bad_step(self) -> tuple[int, dict[str, float]] | None: ...
