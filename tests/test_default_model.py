@@ -46,15 +46,18 @@ def test_default_model_is_small_real_and_says_what_it_is() -> None:
 
 
 def test_augment_without_model_in_a_fresh_process(tmp_path: Path) -> None:
-    """The README's first command: no --model, no real data; it says both in its first lines."""
+    """The README's first command: no --model, no real data; it says both, and how the shipped
+    model's images measured in use (its .downstream.json), in its first lines."""
     out = tmp_path / "aug"
     proc = subprocess.run(
         [sys.executable, "-m", "cxraug.cli", "augment", "--target-per-class", "2", "--out",
          str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    first = proc.stderr.splitlines()[:2]
+    first = proc.stderr.splitlines()[:3]
     assert first[0].startswith("using the default generator") and "nih-sample-64.onnx" in first[0]
-    assert first[1].startswith("no real data given") and "from 0 to 2" in first[1]
+    assert first[1].startswith("how to use these images (`cxraug downstream`")
+    assert "Train on real images only" in first[1]
+    assert first[2].startswith("no real data given") and "from 0 to 2" in first[2]
     # the shipped training reference turns the privacy filter on without being asked
     assert any(line.startswith("privacy filter on: ") and "362 training images" in line
                for line in proc.stderr.splitlines())
