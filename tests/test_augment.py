@@ -529,7 +529,7 @@ def test_interrupt_right_after_a_submit_lists_every_file_on_disk(
     CI hit) must still leave a CSV that lists exactly the PNGs on disk."""
     import concurrent.futures
 
-    import cxraug.synthesis.augment as augment_module
+    import cxraug.synthesis.writers as writers_module
 
     class InterruptedPool(concurrent.futures.ThreadPoolExecutor):
         calls = 0
@@ -542,7 +542,7 @@ def test_interrupt_right_after_a_submit_lists_every_file_on_disk(
                 raise KeyboardInterrupt
             return future
 
-    monkeypatch.setattr(augment_module, "ThreadPoolExecutor", InterruptedPool)
+    monkeypatch.setattr(writers_module, "ThreadPoolExecutor", InterruptedPool)
     out = tmp_path / "aug"
     with pytest.raises(KeyboardInterrupt):
         run(model, out, per_class=40, classes=["Effusion"], batch_size=8, workers=2)
