@@ -75,7 +75,6 @@ manifest), :mod:`.filtering` (the filters during a run).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -107,7 +106,7 @@ from .naming import (
     parse_synthetic_name,
     synthetic_name,
 )
-from .options import AugmentOptions, parse_shard
+from .options import AugmentOptions, PathArg, parse_shard
 from .out_folder import (
     DATA_CSV,
     JOB_FILE,
@@ -223,12 +222,12 @@ def downstream_note(model: Path) -> str | None:
 
 
 def augment(
-    model: str | os.PathLike | None,
-    out: str | os.PathLike,
-    real_csv: str | os.PathLike | None = None,
-    data: str | os.PathLike | None = None,
-    split_list: str | os.PathLike | None = None,
-    real_root: str | os.PathLike | None = None,
+    model: PathArg | None,
+    out: PathArg,
+    real_csv: PathArg | None = None,
+    data: PathArg | None = None,
+    split_list: PathArg | None = None,
+    real_root: PathArg | None = None,
     target_per_class: int | None = None,
     per_class: int | None = None,
     classes: Sequence[str] | None = None,
@@ -249,9 +248,9 @@ def augment(
     threads: int | None = None,
     spinning: bool = False,
     privacy_filter: bool = True,
-    privacy_reference: str | os.PathLike | None = None,
+    privacy_reference: PathArg | None = None,
     privacy_percentile: float | None = None,
-    judge: str | os.PathLike | None = None,
+    judge: PathArg | None = None,
     judge_real_share: float = 0.9,
     max_tries: int = 10,
     png_deflate: str = PNG_DEFLATE,
@@ -419,7 +418,8 @@ def _generate(job: Job, batch_size: int, workers: int, progress: bool, skipped: 
 
     def label_rows(rows: np.ndarray) -> np.ndarray:
         """The generator's label input for targets at positions ``rows``."""
-        return hot_of[rows] if gen.label_mode == "multi-hot" else label_of[rows]
+        picked: np.ndarray = hot_of[rows] if gen.label_mode == "multi-hot" else label_of[rows]
+        return picked
 
     writers = Writers(job, todo, workers, progress)
     blas = one_blas_thread()  # writer threads resize by matrix products: one BLAS thread each

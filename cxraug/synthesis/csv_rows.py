@@ -63,16 +63,19 @@ def mixed_real_text(real: RealData | None, real_paths: list[str] | None) -> str:
     from ..data.nih import IMAGE_INDEX
 
     if real is None:
-        return _mixed_columns(pd.DataFrame()).to_csv(index=False, lineterminator="\n")
+        header: str = _mixed_columns(pd.DataFrame()).to_csv(index=False, lineterminator="\n")
+        return header
     rows = real.rows.copy()
     rows["Path"] = real_paths if real_paths is not None else rows[IMAGE_INDEX].astype(str)
     rows = rows[rows["Path"] != ""]
     rows["Synthetic"] = 0
-    return _mixed_columns(rows).to_csv(index=False, lineterminator="\n")
+    text: str = _mixed_columns(rows).to_csv(index=False, lineterminator="\n")
+    return text
 
 
 def mixed_synthetic_text(synth: pd.DataFrame) -> str:
     """mixed.csv's synthetic rows (no header), to follow :func:`mixed_real_text`."""
     rows = synth.copy()
     rows["Synthetic"] = 1
-    return _mixed_columns(rows).to_csv(index=False, header=False, lineterminator="\n")
+    text: str = _mixed_columns(rows).to_csv(index=False, header=False, lineterminator="\n")
+    return text

@@ -54,7 +54,7 @@ def resize_to_uint8(image: np.ndarray, size: int) -> np.ndarray:
         return to_uint8(image)
     h, w = image.shape
     across = (np.asarray(image, np.float32) + np.float32(1.0)) @ _lanczos32(w, size, 127.5).T
-    out = _lanczos32(h, size, 1.0) @ across
+    out: np.ndarray = _lanczos32(h, size, 1.0) @ across
     np.clip(out, 0.0, 255.0, out=out)
     np.rint(out, out=out)
     return out.astype(np.uint8)
