@@ -497,6 +497,28 @@ def test_user_errors(model: Path, tmp_path: Path, kwargs: dict, message: str) ->
     assert not (tmp_path / "aug").exists()  # nothing written on a refused job
 
 
+def test_options_object_checks_alone_and_runs_as_augment(model: Path, tmp_path: Path) -> None:
+    """AugmentOptions.validate() raises augment's messages without loading anything, and
+    run_augment(options) makes what augment(**options) makes."""
+    import dataclasses
+
+    from cxraug.synthesis.augment import AugmentOptions, run_augment
+
+    bad = AugmentOptions(model=tmp_path / "missing.onnx", out=tmp_path / "x", per_class=1,
+                         workers=0)
+    with pytest.raises(CxrError, match="--workers 0"):
+        bad.validate()  # a model that does not exist is not opened by validate()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bad.workers = 2  # type: ignore[misc]
+    options = AugmentOptions(model=model, out=tmp_path / "a", per_class=3, device="cpu",
+                             progress=False, seed=4, classes=["Effusion", "Mass"])
+    options.validate()
+    result = run_augment(options)
+    run(model, tmp_path / "b", per_class=3, seed=4, classes=["Effusion", "Mass"])
+    assert result.counts == {"Effusion": 3, "Mass": 3}
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+
+
 def test_model_errors_and_unwritable_folder(tmp_path: Path) -> None:
     bare = make_generator(tmp_path / "bare.onnx", drop_meta=True)
     with pytest.raises(CxrError, match="no cxraug metadata"):
@@ -529,7 +551,7 @@ def test_interrupt_right_after_a_submit_lists_every_file_on_disk(
     CI hit) must still leave a CSV that lists exactly the PNGs on disk."""
     import concurrent.futures
 
-    import cxraug.synthesis.augment as augment_module
+    import cxraug.synthesis.writers as writers_module
 
     class InterruptedPool(concurrent.futures.ThreadPoolExecutor):
         calls = 0
@@ -542,7 +564,7 @@ def test_interrupt_right_after_a_submit_lists_every_file_on_disk(
                 raise KeyboardInterrupt
             return future
 
-    monkeypatch.setattr(augment_module, "ThreadPoolExecutor", InterruptedPool)
+    monkeypatch.setattr(writers_module, "ThreadPoolExecutor", InterruptedPool)
     out = tmp_path / "aug"
     with pytest.raises(KeyboardInterrupt):
         run(model, out, per_class=40, classes=["Effusion"], batch_size=8, workers=2)

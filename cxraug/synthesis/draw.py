@@ -35,15 +35,9 @@ import numpy as np
 from ..errors import CxrError
 from ..grid import to_uint8
 from ..inference.generator import DEFAULT_MODEL, OnnxGenerator
-from .augment import (
-    MAX_PER_TARGET,
-    Target,
-    _filtered_batch,
-    _open_filters,
-    _targets,
-    latents,
-    synthetic_name,
-)
+from .filtering import filtered_batch, open_filters
+from .naming import MAX_PER_TARGET, latents, synthetic_name
+from .targets import Target, resolve_targets
 
 #: Positions whose labels are drawn per block of the stream's categorical draw.
 BLOCK = 1024
@@ -120,7 +114,7 @@ class Generator:
                            + ", ".join(self.classes))
         classes = [w for w in wanted if "|" not in w]
         combos = [w for w in wanted if "|" in w]
-        raw = _targets(self.onnx, classes or None, combos or None)
+        raw = resolve_targets(self.onnx, classes or None, combos or None)
         order = {name: i for i, name in enumerate(wanted)}
         raw.sort(key=lambda r: order.get(r[0], len(order)))
         return [Target(name=n, code=c, key=k, classes=idx, folder="", real=None, count=0)
@@ -145,8 +139,8 @@ class Generator:
             batch = slots[s:s + chunk]
             label_rows = self._label_rows(targets)
             if self.filters.active:
-                out, records, _ = _filtered_batch(self.onnx, self.filters, seed, targets, batch,
-                                                  label_rows)
+                out, records, _ = filtered_batch(self.onnx, self.filters, seed, targets, batch,
+                                                 label_rows)
                 ok = [j for j, r in enumerate(records) if r is not None]
             else:
                 z = np.concatenate([latents(seed, targets[i].key, [k], self.onnx.latent_dim)
@@ -300,10 +294,10 @@ def load_generator(path: str | os.PathLike | None = None, device: str = "auto", 
     model = Path(path) if path is not None else DEFAULT_MODEL
     gen = OnnxGenerator(model, device=device, threads=threads)
     scratch = tempfile.TemporaryDirectory(prefix="cxraug-draw-")
-    filters = _open_filters(gen, model, None if data is None else Path(data),
-                            list(range(len(gen.class_names))), privacy_filter,
-                            None if privacy_reference is None else Path(privacy_reference),
-                            privacy_percentile, None, 0.9, max_tries, Path(scratch.name))
+    filters = open_filters(gen, model, None if data is None else Path(data),
+                           list(range(len(gen.class_names))), privacy_filter,
+                           None if privacy_reference is None else Path(privacy_reference),
+                           privacy_percentile, None, 0.9, max_tries, Path(scratch.name))
     out = Generator(onnx=gen, model_path=model, filters=filters, notes=list(filters.notes),
                     _scratch=scratch)
     out._open_options = {"device": "cpu" if device == "auto" else device,
