@@ -187,3 +187,32 @@ def test_cnn_gradient_matches_finite_differences() -> None:
         down = net.forward(x)[0].sum()
         net.params[k][i] = old
         assert grads[k][i] == pytest.approx((up - down) / 2e-6, rel=1e-4, abs=1e-8)
+
+
+def test_the_cnn_trains_with_one_blas_thread_whatever_the_caller_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threaded OpenBLAS made the CNN probe 7x slower on 2 busy cores, and its sums depend on the
+    thread count: the probe limits BLAS to one thread for its own work, and the caller's setting
+    is back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from cxraug.probes import cnn
+
+    seen: list[int] = []
+    train = cnn.train_cnn
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(cnn, "train_cnn", recording)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (10, 16, 16), dtype=np.uint8)
+    b = rng.integers(0, 128, (10, 16, 16), dtype=np.uint8)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        result = cnn_two_sample_test(a, b, folds=2, epochs=2)
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert seen and set(seen) == {1}
+    assert after == before
+    assert 0.0 <= result.accuracy <= 1.0 and result.n_per_side == 10

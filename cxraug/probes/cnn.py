@@ -14,6 +14,11 @@ contrast and exposure count. Random horizontal flips during training. ``folds``-
 validated on equal numbers a side; the accuracy is over every held-out prediction, with Wilson's
 95% interval. Images larger than ``MAX_SIDE`` are box-averaged to it first (the cost grows with
 the area).
+
+It runs with one BLAS thread. The first layer's weight gradient is a ``[16, 16384] @ [16384, 16]``
+product, which threaded OpenBLAS splits over the long axis: 75-170 ms a call instead of 0.2 ms on
+2 busy cores (the whole test 7x slower, benchmarks/cnn_probe.py), and a sum whose order, so whose
+last bits, depend on the machine's thread count.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .stats import TwoSample, wilson_interval
 
@@ -152,7 +158,7 @@ def train_cnn(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, epochs: in
             flip = rng.random(len(idx)) < 0.5
             xb = np.where(flip[:, None, None, None], xb[:, :, ::-1], xb)
             logit, cache = net.forward(xb)
-            prob = 1.0 / (1.0 + np.exp(-logit))
+            prob = 0.5 * (1.0 + np.tanh(0.5 * logit))  # the sigmoid, without exp's overflow
             grads = net.backward(((prob - y[idx]) / len(idx)).astype(np.float32), cache)
             net.adam(grads, lr)
     return net
@@ -164,6 +170,12 @@ def cnn_two_sample_test(a: np.ndarray, b: np.ndarray, folds: int = 5, seed: int 
     (uint8 ``[N, H, W]``, same size). The larger set is subsampled to the smaller one's size (a
     fixed ``seed``) and both to at most ``max_per_side``; folds are stratified. Each held-out
     image is scored with and without a horizontal flip (the mean logit decides)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _cnn_two_sample_test(a, b, folds, seed, epochs, max_per_side)
+
+
+def _cnn_two_sample_test(a: np.ndarray, b: np.ndarray, folds: int, seed: int, epochs: int,
+                         max_per_side: int) -> TwoSample:
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b), max_per_side)
     if n < folds:
