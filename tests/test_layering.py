@@ -185,7 +185,7 @@ def test_tf_free_modules_stay_tf_free() -> None:
         "cxraug.synthesis.augment, cxraug.synthesis.filters, cxraug.synthesis.draw, "
         "cxraug.inference.generator, cxraug.inference.specialize, cxraug.inference.classifier, "
         "cxraug.metrics_csv, cxraug.data.reference, cxraug.training.protocol, "
-        "cxraug.training.jax_checkpoint, "
+        "cxraug.training.jax_checkpoint, cxraug.training.resume, cxraug.training.bookkeeping, "
         "cxraug.evaluation.report, cxraug.evaluation.metrics, cxraug.evaluation.realism\n"
         "cxraug.recipe.load_recipe('cxraug-128')")
     assert not [m for m in loaded if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx")]

@@ -337,6 +337,37 @@ def test_refuses_a_non_empty_folder_and_a_changed_recipe(
         train(same, data=phantom_cache, out=damaged, resume=True, progress=False)
 
 
+def test_the_resume_refusal_lists_what_may_change_from_the_tuple(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal of a changed recipe names every key of RESUMABLE_CHANGES, read when the
+    message is made: a key added to (or removed from) the tuple is in (or out of) the message."""
+    import cxraug.training.loop as loop
+    import cxraug.training.resume as resume
+    from cxraug.training.run import RunPaths
+
+    assert loop.RESUMABLE_CHANGES is resume.RESUMABLE_CHANGES
+    paths = RunPaths(tmp_path / "run")
+    paths.root.mkdir()
+    paths.run_json.write_text(json.dumps({"backend": "tensorflow"}))
+    paths.recipe.write_text(load_recipe("smoke-32").to_toml())
+    changed = load_recipe("smoke-32", overrides={"train.g_lr": 3e-4})
+
+    def refusal() -> str:
+        with pytest.raises(CxrError, match=r"recipe differs.*train\.g_lr") as caught:
+            resume.check_folder(paths, True, "tensorflow", changed)
+        return str(caught.value)
+
+    message = refusal()
+    assert all(key in message for key in resume.RESUMABLE_CHANGES), message
+    assert resume.resumable_changes() in message
+    monkeypatch.setattr(resume, "RESUMABLE_CHANGES", ("train.epochs", "train.made_up_key"))
+    other = refusal()
+    assert other != message and "train.made_up_key" in other and "train.kimg" not in other
+    # a key the tuple allows is no change at all
+    monkeypatch.setattr(resume, "RESUMABLE_CHANGES", ("train.g_lr",))
+    assert resume.check_folder(paths, True, "tensorflow", changed) == {"backend": "tensorflow"}
+
+
 # --------------------------------------------------------------- resume and determinism
 @pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run_and_seeds_reproduce(

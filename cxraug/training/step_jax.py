@@ -2,9 +2,12 @@
 (XLA), state as arrays carried from step to step, ``.npz`` checkpoints (their format:
 :mod:`.jax_checkpoint`). No TensorFlow: this is the path that runs on a GPU machine with JAX only.
 
-The state (weights, batch-norm and spectral-norm statistics, optimizer slots, EMA weights, the
-PRNG key, step, ADA's probability, the epoch's sums) lives on the device between steps; the run
-driver reads numbers back every few steps. Several devices of one machine: the weights are
+The state (:class:`StepState`: weights, batch-norm and spectral-norm statistics, optimizer
+slots, EMA weights, the PRNG key, step, ADA's probability, the epoch's sums) lives on the device
+between steps; the step is a pure jitted function ``(state, real, labels) -> (state, numbers)``
+laid out like the TensorFlow step (D's update, G's, then EMA, ADA and the sums), each D update
+taking D's part of the state (:class:`DParts`) and returning the next. The run driver reads
+numbers back every few steps. Several devices of one machine: the weights are
 replicated and each batch is split across the devices along its first axis (``jax.sharding``);
 XLA then computes what one device computes on the whole batch (batch-norm statistics included),
 so a run's numbers do not depend on the number of devices (to float rounding). Several
@@ -20,8 +23,10 @@ its moments, where TensorFlow skips it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +36,7 @@ import numpy as np
 from ..diffaugment import KeyNoise
 from ..recipe import Recipe
 from .jax_checkpoint import JaxCheckpoints, pack, unpack
-from .trainer import STANDING_BATCHES, SUM_KEYS, TrainerBase, dtype_policy
+from .trainer import STANDING_BATCHES, SUM_KEYS, DCall, TrainerBase, dtype_policy
 
 
 def use_compilation_cache() -> None:
@@ -51,6 +56,62 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+class StepState(NamedTuple):
+    """Everything the step reads and writes, carried from step to step on the device (a
+    pytree: the jitted step takes it and returns the next one). The lists are a network's or an
+    optimizer's variables in Keras's order (:meth:`JaxTrainer._model_variables`); the
+    checkpoint stores each field under its name (:mod:`.jax_checkpoint`)."""
+
+    g: list[Any]  # G's trainable weights
+    g_stats: list[Any]  # G's batch-norm and spectral-norm statistics
+    d: list[Any]
+    d_stats: list[Any]
+    g_opt: list[Any]  # Adam's slots and counter
+    d_opt: list[Any]
+    ema: list[Any]  # the EMA generator's trainable weights (empty: no EMA)
+    key: Any  # the PRNG key's data: every draw of noise
+    step: Any
+    aug_p: Any  # ADA's augmentation probability
+    ada_acc: Any  # ADA's running sum and count of sign(D(real))
+    sums: Any  # the epoch's running sums (SUM_KEYS)
+    bad_step: Any  # the first step whose numbers were not finite (-1: none yet) ...
+    bad_values: Any  # ... and those numbers
+
+
+class DParts(NamedTuple):
+    """D's part of the state as one update moves it: weights, statistics, Adam's slots, and
+    the key its augmentation noise is drawn from."""
+
+    weights: list[Any]
+    stats: list[Any]
+    opt: list[Any]
+    key: Any
+
+
+#: What a D objective returns: (loss, aux, D's statistics after it, the key after its noise).
+DObjective = tuple[Any, Any, list[Any], Any]
+
+
+class _DCall:
+    """D in training mode as the objectives call it (:data:`.trainer.DCall`), inside the traced
+    step: each call draws DiffAugment's noise from :attr:`key` and moves D's statistics; both
+    are read back after the objective (:attr:`stats`, :attr:`key`), as the TensorFlow step's D
+    call moves its variables and its generator's state."""
+
+    def __init__(self, trainer: JaxTrainer, weights: list[Any], stats: list[Any], key: Any,
+                 aug_p: Any) -> None:
+        self.trainer, self.weights, self.stats, self.key = trainer, weights, stats, key
+        self.aug_p = aug_p
+
+    def __call__(self, images: Any, labels: Any) -> tuple[Any, Any]:
+        noise = KeyNoise(self.key)
+        inputs = self.trainer.d_inputs(images, labels, noise, self.aug_p)
+        self.key = noise.key
+        out, self.stats = self.trainer.discriminator.stateless_call(
+            self.weights, self.stats, inputs, training=True)
+        return self.trainer.split_d_output(out)
 
 
 class JaxTrainer(TrainerBase):
@@ -86,17 +147,17 @@ class JaxTrainer(TrainerBase):
         self.d_optimizer.build(self.discriminator.trainable_variables)
         if self.ema_generator is not None:
             self.ema_generator.set_weights(self.generator.get_weights())
-        self.state: dict[str, Any] = {
+        self.state = StepState(
             **{key: [v.value for v in variables]
                for key, variables in self._model_variables().items()},
-            "key": jax.random.key_data(jax.random.key(t.seed)),
-            "step": jnp.zeros((), jnp.int32),
-            "aug_p": jnp.asarray(0.0 if self.ada else 1.0, jnp.float32),
-            "ada_acc": jnp.zeros((2,), jnp.float32),
-            "sums": jnp.zeros((6,), jnp.float32),
-            "bad_step": jnp.asarray(-1, jnp.int32),
-            "bad_values": jnp.zeros((5,), jnp.float32),
-        }
+            key=jax.random.key_data(jax.random.key(t.seed)),
+            step=jnp.zeros((), jnp.int32),
+            aug_p=jnp.asarray(0.0 if self.ada else 1.0, jnp.float32),
+            ada_acc=jnp.zeros((2,), jnp.float32),
+            sums=jnp.zeros((6,), jnp.float32),
+            bad_step=jnp.asarray(-1, jnp.int32),
+            bad_values=jnp.zeros((5,), jnp.float32),
+        )
         # several processes: they meet through the coordination service, not gloo (cluster.py)
         from .cluster import meetings
 
@@ -112,112 +173,120 @@ class JaxTrainer(TrainerBase):
         self._synced = True
 
     # ------------------------------------------------------------------------------ the step
-    def _pure_step(self, state: dict[str, Any], real: Any, labels: Any,
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-        g_model, d_model = self.generator, self.discriminator
-        noise = KeyNoise(jax.random.wrap_key_data(state["key"]))
-        aug_p = state["aug_p"]
+    def _g(self, g_vars: list[Any], g_stats: list[Any], z: Any, labels: Any,
+           ) -> tuple[Any, list[Any]]:
+        """G in training mode: (images as float32, its new statistics)."""
+        out, g_stats = self.generator.stateless_call(g_vars, g_stats, self.g_inputs(z, labels),
+                                                     training=True)
+        return out.astype(jnp.float32), g_stats
 
-        def g_call(g_vars: list[Any], g_stats: list[Any], z: Any, lab: Any,
-                   ) -> tuple[Any, list[Any]]:
-            out, g_stats = g_model.stateless_call(g_vars, g_stats, self.g_inputs(z, lab),
-                                                  training=True)
-            return out.astype(jnp.float32), g_stats
+    def _d_objective(self, d_vars: list[Any], d_stats: list[Any], key: Any, aug_p: Any,
+                     loss_of: Callable[[DCall], tuple[Any, Any]]) -> DObjective:
+        """``loss_of`` (one of the objectives, given a D call) on D's weights ``d_vars``:
+        ``(loss, aux, D's statistics after it, the key after its noise)``."""
+        call = _DCall(self, d_vars, d_stats, key, aug_p)
+        loss, aux = loss_of(call)
+        return loss, aux, call.stats, call.key
 
-        def d_caller(d_vars: list[Any], box: dict[str, Any]) -> Any:
-            """A D call for the objectives; its statistics and noise go through ``box``."""
-            def call(images: Any, lab: Any) -> tuple[Any, Any]:
-                inner = KeyNoise(box["key"])
-                inputs = self.d_inputs(images, lab, inner, aug_p)
-                box["key"] = inner.key
-                out, box["stats"] = d_model.stateless_call(d_vars, box["stats"], inputs,
-                                                           training=True)
-                return self.split_d_output(out)
-            return call
+    def _d_full_r1(self, d_vars: list[Any], d_stats: list[Any], key: Any, aug_p: Any,
+                   real: Any, labels: Any, fake: Any, fake_labels: Any) -> DObjective:
+        """D's loss on reals and fakes + R1, the gradient wrt the reals taken through the same
+        forward pass (D's statistics and key leave the inner gradient as its aux)."""
+        def on_reals(images: Any) -> tuple[Any, Any]:
+            loss, logits, stats, key_after = self._d_objective(
+                d_vars, d_stats, key, aug_p, partial(self._d_full, images, labels, fake,
+                                                     fake_labels))
+            return jnp.sum(logits[0]), (loss, logits, stats, key_after)
 
-        def d_update(d_vars: list[Any], d_stats: list[Any], d_opt: list[Any], key: Any,
-                     loss_of: Any) -> tuple[Any, ...]:
-            def objective(dv: list[Any]) -> tuple[Any, Any]:
-                box = {"stats": d_stats, "key": key}
-                loss, aux = loss_of(dv, box)
-                return loss, (aux, box["stats"], box["key"])
+        grads, (loss, logits, stats, key_after) = jax.grad(on_reals, has_aux=True)(real)
+        return loss + self.r1_penalty(grads), logits, stats, key_after
 
-            (loss, (aux, d_stats, key)), grads = jax.value_and_grad(
-                objective, has_aux=True)(d_vars)
-            d_vars, d_opt = self.d_optimizer.stateless_apply(d_opt, grads, d_vars)
-            return loss, aux, d_vars, d_stats, d_opt, key
+    def _d_full(self, real: Any, labels: Any, fake: Any, fake_labels: Any,
+                call: DCall) -> tuple[Any, Any]:
+        """D's loss on reals and fakes in one call, (real logits, fake logits) as its aux."""
+        loss, real_logits, fake_logits = self.d_full_loss(call, real, labels, fake, fake_labels)
+        return loss, (real_logits, fake_logits)
 
-        g_vars, g_stats = state["g"], state["g_stats"]
-        d_vars, d_stats, d_opt = state["d"], state["d_stats"], state["d_opt"]
+    def _d_update(self, d: DParts, objective: Callable[[list[Any], list[Any], Any], DObjective],
+                  ) -> tuple[DParts, Any, Any]:
+        """One Adam step of D on ``objective`` (of D's weights, statistics and key): returns
+        D's new (weights, statistics, optimizer slots, key), the loss and the objective's aux."""
+        d_vars, d_stats, d_opt, key = d
+
+        def loss(dv: list[Any]) -> tuple[Any, Any]:
+            value, aux, stats, key_after = objective(dv, d_stats, key)
+            return value, (aux, stats, key_after)
+
+        (value, (aux, d_stats, key)), grads = jax.value_and_grad(loss, has_aux=True)(d_vars)
+        d_vars, d_opt = self.d_optimizer.stateless_apply(d_opt, grads, d_vars)
+        return DParts(d_vars, d_stats, d_opt, key), value, aux
+
+    def _g_objective(self, g_vars: list[Any], g_stats: list[Any], d_vars: list[Any],
+                     d_stats: list[Any], key: Any, aug_p: Any, z: Any, labels: Any,
+                     ) -> tuple[Any, tuple[list[Any], list[Any], Any]]:
+        """G's loss on fresh fakes through D (fixed: its statistics still move, as in the
+        TensorFlow step, where D runs in training mode here too); aux: (G's statistics, D's
+        statistics, the key)."""
+        images, g_stats = self._g(g_vars, g_stats, z, labels)
+        call = _DCall(self, d_vars, d_stats, key, aug_p)
+        loss = self.g_loss(call, images, labels)
+        return loss, (g_stats, call.stats, call.key)
+
+    def _pure_step(self, state: StepState, real: Any, labels: Any,
+                   ) -> tuple[StepState, dict[str, Any]]:
+        """One full step, a pure function of the state (jitted): the new state and the step's
+        numbers (:data:`SUM_KEYS`)."""
+        aug_p = state.aug_p  # D's augmentation probability during this step
         # 1. Discriminator.
+        noise = KeyNoise(jax.random.wrap_key_data(state.key))
         z, fake_labels = self.noise(noise, int(real.shape[0]), labels)
-        fake, g_stats = g_call(g_vars, g_stats, z, fake_labels)
+        fake, g_stats = self._g(state.g, state.g_stats, z, fake_labels)
         fake = jax.lax.stop_gradient(fake)
-        key = noise.key
+        d = DParts(state.d, state.d_stats, state.d_opt, noise.key)
         if self.half:
-            loss_real, real_logits, d_vars, d_stats, d_opt, key = d_update(
-                d_vars, d_stats, d_opt, key,
-                lambda dv, box: self.d_real_loss(d_caller(dv, box), real, labels))
-            loss_fake, fake_logits, d_vars, d_stats, d_opt, key = d_update(
-                d_vars, d_stats, d_opt, key,
-                lambda dv, box: self.d_fake_loss(d_caller(dv, box), fake, fake_labels))
+            d, loss_real, real_logits = self._d_update(d, partial(
+                self._d_objective, aug_p=aug_p,
+                loss_of=partial(self.d_real_loss, real=real, labels=labels)))
+            d, loss_fake, fake_logits = self._d_update(d, partial(
+                self._d_objective, aug_p=aug_p,
+                loss_of=partial(self.d_fake_loss, fake=fake, fake_labels=fake_labels)))
             d_loss = 0.5 * (loss_real + loss_fake)
+        elif self.r1_gamma > 0:
+            d, d_loss, (real_logits, fake_logits) = self._d_update(d, partial(
+                self._d_full_r1, aug_p=aug_p, real=real, labels=labels, fake=fake,
+                fake_labels=fake_labels))
         else:
-            def full(dv: list[Any], box: dict[str, Any]) -> tuple[Any, Any]:
-                loss, real_logits, fake_logits = self.d_full_loss(
-                    d_caller(dv, box), real, labels, fake, fake_labels)
-                return loss, (real_logits, fake_logits)
-
-            def full_r1(dv: list[Any], box: dict[str, Any]) -> tuple[Any, Any]:
-                """D's loss + R1, the gradient wrt the reals taken through the same forward
-                pass; the call's statistics and noise leave the inner grad as its aux."""
-                def on_reals(images: Any) -> tuple[Any, Any]:
-                    loss, real_logits, fake_logits = self.d_full_loss(
-                        d_caller(dv, box), images, labels, fake, fake_labels)
-                    return jnp.sum(real_logits), (loss, real_logits, fake_logits, box["stats"],
-                                                  box["key"])
-
-                grads, (loss, real_logits, fake_logits, box["stats"], box["key"]) = jax.grad(
-                    on_reals, has_aux=True)(real)
-                return loss + self.r1_penalty(grads), (real_logits, fake_logits)
-
-            d_loss, (real_logits, fake_logits), d_vars, d_stats, d_opt, key = d_update(
-                d_vars, d_stats, d_opt, key, full_r1 if self.r1_gamma > 0 else full)
+            d, d_loss, (real_logits, fake_logits) = self._d_update(d, partial(
+                self._d_objective, aug_p=aug_p,
+                loss_of=partial(self._d_full, real, labels, fake, fake_labels)))
         acc_real, r_t, acc_fake = self.d_stats(real_logits, fake_logits)
-        # 2. Generator, on a full batch of fresh latent/label pairs; D fixed (its statistics
-        # still move, as in the TensorFlow step, where D runs in training mode here too).
-        noise = KeyNoise(key)
+        # 2. Generator, on a full batch of fresh latent/label pairs; D fixed.
+        noise = KeyNoise(d.key)
         z, g_labels = self.noise(noise, self.local_batch, labels)
-        box = {"stats": d_stats, "key": noise.key}
-
-        def g_objective(gv: list[Any]) -> tuple[Any, Any]:
-            images, new_g_stats = g_call(gv, g_stats, z, g_labels)
-            loss = self.g_loss(d_caller(d_vars, box), images, g_labels)
-            return loss, (new_g_stats, box["stats"], box["key"])
-
         (g_loss, (g_stats, d_stats, key)), grads = jax.value_and_grad(
-            g_objective, has_aux=True)(g_vars)
-        g_vars, g_opt = self.g_optimizer.stateless_apply(state["g_opt"], grads, g_vars)
+            self._g_objective, has_aux=True)(state.g, g_stats, d.weights, d.stats, noise.key,
+                                             aug_p, z, g_labels)
+        g_vars, g_opt = self.g_optimizer.stateless_apply(state.g_opt, grads, state.g)
         # 3. EMA, ADA, sums, the device-side finiteness check.
-        step = state["step"]
-        ema = state["ema"]
+        step = state.step
+        ema = state.ema
         if self.ema_generator is not None:
             decay = self.ema_decay_at(step)
             ema = [decay * e + (1.0 - decay) * w.astype(e.dtype) for e, w in
                    zip(ema, g_vars, strict=True)]
-        aug_p, ada_acc = state["aug_p"], state["ada_acc"]
+        aug_p, ada_acc = state.aug_p, state.ada_acc
         if self.ada:
             aug_p, ada_acc = self.ada_update(aug_p, ada_acc, r_t, step)
         values = jnp.stack([d_loss, g_loss, acc_real, acc_fake, r_t]).astype(jnp.float32)
-        first = (state["bad_step"] < 0) & ~jnp.all(jnp.isfinite(values))
-        new_state = {
-            "g": g_vars, "g_stats": g_stats, "d": d_vars, "d_stats": d_stats, "g_opt": g_opt,
-            "d_opt": d_opt, "ema": ema, "key": jax.random.key_data(key), "step": step + 1,
-            "aug_p": aug_p, "ada_acc": ada_acc,
-            "sums": state["sums"] + jnp.concatenate([values, jnp.ones((1,), jnp.float32)]),
-            "bad_step": jnp.where(first, step + 1, state["bad_step"]),
-            "bad_values": jnp.where(first, values, state["bad_values"]),
-        }
+        first = (state.bad_step < 0) & ~jnp.all(jnp.isfinite(values))
+        new_state = StepState(
+            g=g_vars, g_stats=g_stats, d=d.weights, d_stats=d_stats, g_opt=g_opt, d_opt=d.opt,
+            ema=ema, key=jax.random.key_data(key), step=step + 1, aug_p=aug_p,
+            ada_acc=ada_acc,
+            sums=state.sums + jnp.concatenate([values, jnp.ones((1,), jnp.float32)]),
+            bad_step=jnp.where(first, step + 1, state.bad_step),
+            bad_values=jnp.where(first, values, state.bad_values),
+        )
         return new_state, dict(zip(SUM_KEYS[:5], values, strict=True))
 
     def _place(self, batch: np.ndarray) -> Any:
@@ -286,15 +355,16 @@ class JaxTrainer(TrainerBase):
         if self._synced:
             return
         for key, variables in self._model_variables().items():
-            for var, value in zip(variables, self.state[key], strict=True):
+            for var, value in zip(variables, getattr(self.state, key), strict=True):
                 var.assign(self._local(value))
         self._synced = True
 
     def state_from_models(self) -> None:
         """Take the Keras models' current values as the state: after weights were put into the
         models outside the step (``load_weights``, a transfer from another run)."""
-        self.state.update(self._replicate({key: [v.value for v in variables]
-                                           for key, variables in self._model_variables().items()}))
+        self.state = self.state._replace(**self._replicate(
+            {key: [v.value for v in variables]
+             for key, variables in self._model_variables().items()}))
 
     def _model_variables(self) -> dict[str, list[Any]]:
         """The Keras variables behind each list of the state."""
@@ -329,14 +399,14 @@ class JaxTrainer(TrainerBase):
         return {k: float(v) for k, v in self._last.items()}
 
     def first_bad_step(self) -> tuple[int, dict[str, float]] | None:
-        step = int(self.state["bad_step"])
+        step = int(self.state.bad_step)
         if step < 0:
             return None
         return step, dict(zip(SUM_KEYS[:5], (float(v) for v in np.asarray(
-            self.state["bad_values"])), strict=True))
+            self.state.bad_values)), strict=True))
 
     def step_count(self) -> int:
-        return int(self.state["step"])
+        return int(self.state.step)
 
     def epoch_count(self) -> int:
         return int(self.host["epoch"])
@@ -357,11 +427,11 @@ class JaxTrainer(TrainerBase):
         return float(self.host["epoch_wall"])
 
     def reset_epoch_sums(self) -> None:
-        self.state["sums"] = self._replicate(jnp.zeros((6,), jnp.float32))
+        self.state = self.state._replace(sums=self._replicate(jnp.zeros((6,), jnp.float32)))
         self.host["epoch_wall"] = 0.0
 
     def _sums_and_p(self) -> tuple[np.ndarray, float]:
-        return np.asarray(self.state["sums"], np.float64), float(self.state["aug_p"])
+        return np.asarray(self.state.sums, np.float64), float(self.state.aug_p)
 
     def devices(self) -> list[str]:
         return ([str(d) for d in self.mesh.devices.flat] if self.mesh is not None
@@ -376,22 +446,24 @@ class JaxTrainer(TrainerBase):
         """Everything a resume needs, as named numpy arrays."""
         ema_stats = (None if self.ema_generator is None else
                      [v.value for v in self.ema_generator.non_trainable_variables])
-        return pack(self.state, self.host, ema_stats)
+        # by name, as the files have always listed them (a dict state came out of the jitted
+        # step with its keys sorted): the same .npz as before, entry for entry
+        return pack(dict(sorted(self.state._asdict().items())), self.host, ema_stats)
 
     def load_arrays(self, data: Any, where: str) -> None:
         """Put saved arrays back (shapes and counts checked: a recipe change cannot slip in)."""
         ema = self.ema_generator
         saved, self.host, ema_stats = unpack(
-            data, self.state, self.host,
+            data, self.state._asdict(), self.host,
             None if ema is None else len(ema.non_trainable_variables), where)
         state: dict[str, Any] = {}
-        for name, value in self.state.items():
+        for name, value in self.state._asdict().items():
             if isinstance(value, list):
                 state[name] = [jnp.asarray(a, dtype=v.dtype)
                                for a, v in zip(saved[name], value, strict=True)]
             else:
                 state[name] = jnp.asarray(saved[name], dtype=value.dtype)
-        self.state = self._replicate(state)
+        self.state = self._replicate(StepState(**state))
         self._synced = False
         self.sync_models()
         if ema is not None:
