@@ -838,14 +838,27 @@ def test_a_generator_with_a_downstream_result_says_how_to_use_its_images(tmp_pat
 
     model = make_generator(tmp_path / "g.onnx")
     assert downstream_note(model) is None
+    def verdict(d: float, low: float, high: float) -> dict[str, object]:
+        return {"verdict": {"difference": d, "low": low, "high": high}}
+
+    arms = {"real": {}, "ceiling": verdict(0.038, -0.002, 0.064),
+            "share-0.5": verdict(0.001, -0.025, 0.030), "all": verdict(0.02, 0.001, 0.04)}
     (tmp_path / "g.downstream.json").write_text(json.dumps({
-        "n_test": 464, "n_test_patients": 224,
-        "recommendation": {"strategy": None, "text": "recommended: none; train on real only"}}))
+        "n_test": 464, "n_test_patients": 224, "arms": arms,
+        "recommendation": {"strategy": None, "closest": "share-0.5", "text": "recommended: none"}}))
     result = run(model, tmp_path / "aug", per_class=1, privacy_filter=False)
     note = [n for n in result.notes if "how to use these images" in n]
-    assert note and "464 real test images of 224 patients" in note[0] \
-        and "recommended: none" in note[0]
+    assert note and "464 real test images of 224 patients" in note[0]
+    assert "no way of mixing them helped (closest share-0.5: +0.001 (-0.025 to +0.030))" in note[0]
+    assert "more real patients gave +0.038 (-0.002 to +0.064)" in note[0]
+    assert note[0].endswith("Train on real images only") and len(note[0]) < 300  # a log line
     manifest = json.loads((tmp_path / "aug" / "manifest.json").read_text())
     assert note[0] in manifest["notes"]
+    (tmp_path / "g.downstream.json").write_text(json.dumps({
+        "n_test": 464, "n_test_patients": 224, "arms": arms,
+        "recommendation": {"strategy": "all", "closest": "all", "text": "recommended: all"}}))
+    chosen = str(downstream_note(model))
+    assert "mix them as all: macro AUROC +0.020 (+0.001 to +0.040)" in chosen
+    assert "real images only" not in chosen
     (tmp_path / "g.downstream.json").write_text("{not json")
     assert "not a readable `cxraug downstream` result" in str(downstream_note(model))

@@ -207,18 +207,36 @@ class AugmentResult:
 def downstream_note(model: Path) -> str | None:
     """What ``cxraug downstream`` measured for this generator's images, when a
     ``<model>.downstream.json`` (a copy of its ``downstream.json``) sits beside the model: the
-    way of using them that helped a classifier on real patients, or that none did."""
+    way of using them that helped a classifier on real patients, or that none did. One log line
+    (its numbers; the full text is in the file)."""
     path = model.with_suffix(".downstream.json")
     if not path.is_file():
         return None
     try:
         result = json.loads(path.read_text())
-        text = str(result["recommendation"]["text"])
+        recommendation = result["recommendation"]
+        arms = result["arms"]
         n_test, patients = int(result["n_test"]), int(result["n_test_patients"])
+
+        def gain(name: str) -> str:
+            v = arms[name]["verdict"]
+            return f"{v['difference']:+.3f} ({v['low']:+.3f} to {v['high']:+.3f})"
+
+        chosen = recommendation.get("strategy")
+        if chosen:
+            said = f"mix them as {chosen}: macro AUROC {gain(chosen)} over real images alone"
+        else:
+            closest = recommendation.get("closest")
+            said = "no way of mixing them helped" + (
+                f" (closest {closest}: {gain(closest)})" if closest else "")
+        if "ceiling" in arms:
+            said += f"; more real patients gave {gain('ceiling')}"
+        if not chosen:
+            said += ". Train on real images only"
     except (OSError, ValueError, KeyError, TypeError):
         return f"{path}: not a readable `cxraug downstream` result; ignored"
     return (f"how to use these images (`cxraug downstream`, {n_test} real test images of "
-            f"{patients} patients, {path.name}): {text}")
+            f"{patients} patients, {path.name}): {said}")
 
 
 def augment(
