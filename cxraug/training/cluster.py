@@ -228,6 +228,9 @@ class Meetings:
     SAY_AFTER_S = 10.0
     #: The least a process that gave up waits for the latecomers to read why (else timeout_s).
     MIN_LINGER_S = 60.0
+    #: After the late peers read the farewell, the host of the service stays this long so that
+    #: they print their line and exit before it goes (seen: a reader aborted by JAX, exit -6).
+    READ_GRACE_S = 5.0
 
     def __init__(self, client: Any, rank: int, count: int, timeout_s: float) -> None:
         self.client, self.rank, self.count = client, int(rank), int(count)
@@ -380,5 +383,8 @@ class Meetings:
             except Exception:  # the service is going away: nothing to wait for
                 return
             if read >= set(self.late):
+                # a reader still says why and leaves the cluster after it read; the service
+                # going away under it meanwhile ends it with JAX's native abort instead
+                time.sleep(self.READ_GRACE_S)
                 return
             time.sleep(self.POLL_S)
