@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .blas import one_blas_thread
 from .errors import CxrError
 from .near_copy import (
     PERCENTILE,
@@ -58,23 +59,6 @@ DEFAULT_PERCENTILE = PERCENTILE
 IN_MEMORY_ROWS = 16384
 #: Rows read from the file per block when the reference is streamed.
 BLOCK_ROWS = 8192
-
-
-_CONTROLLER: Any = None
-
-
-def one_blas_thread(threads: int = 1) -> Any:
-    """A context in which numpy's BLAS runs on one thread (process-wide). Between onnxruntime
-    calls (augment), OpenBLAS's idle threads spin and take the cores onnxruntime needs next: on
-    2 cores augment with the privacy filter ran at 0.66 of its unfiltered speed, 0.93 with one
-    BLAS thread; and augment's writer threads each resize with matrix products. ``threads``:
-    another count for a block that needs every core (a large reference's search)."""
-    global _CONTROLLER
-    from threadpoolctl import ThreadpoolController
-
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=threads, user_api="blas")
 
 
 def reference_path(model: str | os.PathLike) -> Path:

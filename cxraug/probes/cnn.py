@@ -17,7 +17,7 @@ the area).
 
 It runs with one BLAS thread. The first layer's weight gradient is a ``[16, 16384] @ [16384, 16]``
 product, which threaded OpenBLAS splits over the long axis: 75-170 ms a call instead of 0.2 ms on
-2 busy cores (the whole test 7x slower, benchmarks/cnn_probe.py), and a sum whose order, so whose
+2 busy cores (the whole test 5-7x slower, benchmarks/cnn_probe.py), and a sum whose order, so whose
 last bits, depend on the machine's thread count.
 """
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from ..blas import one_blas_thread
 from .stats import TwoSample, wilson_interval
 
 #: Images are box-averaged to at most this side before the CNN sees them.
@@ -170,7 +170,7 @@ def cnn_two_sample_test(a: np.ndarray, b: np.ndarray, folds: int = 5, seed: int 
     (uint8 ``[N, H, W]``, same size). The larger set is subsampled to the smaller one's size (a
     fixed ``seed``) and both to at most ``max_per_side``; folds are stratified. Each held-out
     image is scored with and without a horizontal flip (the mean logit decides)."""
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         return _cnn_two_sample_test(a, b, folds, seed, epochs, max_per_side)
 
 
