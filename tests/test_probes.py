@@ -216,3 +216,26 @@ def test_the_cnn_trains_with_one_blas_thread_whatever_the_caller_set(
     assert seen and set(seen) == {1}
     assert after == before
     assert 0.0 <= result.accuracy <= 1.0 and result.n_per_side == 10
+
+
+def test_one_blas_thread_also_limits_a_blas_loaded_after_its_first_use() -> None:
+    """CI (stop 26): scipy's own OpenBLAS, loaded after the first limit, kept 2 threads inside the
+    CNN probe. A fresh process: limit once, load scipy's BLAS, limit again: every BLAS is at 1."""
+    import ast
+    import subprocess
+    import sys
+
+    pytest.importorskip("scipy", reason="scipy (brought by jax) is the second BLAS this needs")
+    script = (
+        "from threadpoolctl import threadpool_info\n"
+        "from cxraug.blas import one_blas_thread\n"
+        "with one_blas_thread(): pass\n"
+        "import scipy.linalg\n"
+        "with one_blas_thread():\n"
+        "    print(sorted({(i['filepath'], i['num_threads']) for i in threadpool_info()\n"
+        "                  if i['user_api'] == 'blas'}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    seen = ast.literal_eval(done.stdout)  # a printed list of (path, threads)
+    assert len({path for path, _ in seen}) >= 2, "scipy brought no second BLAS: nothing checked"
+    assert {threads for _, threads in seen} == {1}, seen
