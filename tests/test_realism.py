@@ -42,6 +42,29 @@ def test_logistic_regression_matches_its_objective_optimum() -> None:
     assert abs(np.sum(p - y)) < 1e-6  # the intercept is not penalized
 
 
+def test_logistic_regression_with_fewer_images_than_features_reaches_the_same_optimum() -> None:
+    """Below N = D each Newton step is solved in the images' space: the step is the explicit
+    Hessian's, and the fit has zero gradient of the penalized log-loss."""
+    from cxraug.probes.stats import _newton_step_dual
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 120))
+    y = (np.arange(40) % 2).astype(float)
+    x[y == 1] += 0.1
+    beta = rng.normal(scale=0.05, size=121)
+    xb = np.hstack([x, np.ones((40, 1))])
+    p = 1 / (1 + np.exp(-(xb @ beta)))
+    reg = np.append(np.full(120, 1 / 0.7), 0.0)
+    grad = xb.T @ (p - y) + reg * beta
+    hess = (xb.T * (p * (1 - p))) @ xb + np.diag(reg + 1e-10)
+    step = _newton_step_dual(x, x @ x.T, p * (1 - p), 1 / 0.7 + 1e-10, grad)
+    assert np.allclose(step, np.linalg.solve(hess, grad), rtol=1e-9, atol=1e-12)
+    w, b = R.fit_logistic(x, y, c=0.7)
+    p = 1 / (1 + np.exp(-(x @ w + b)))
+    assert np.abs(x.T @ (p - y) + w / 0.7).max() < 1e-6
+    assert abs(np.sum(p - y)) < 1e-6
+
+
 def test_two_sample_is_chance_for_the_same_images_and_one_for_constants(
         phantom_cache: Path) -> None:
     images = R.thumbnails(_cache_images(phantom_cache))

@@ -35,22 +35,55 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0, iterations: int =
                  tol: float = 1e-8) -> tuple[np.ndarray, float]:
     """L2-regularized logistic regression by Newton's method: minimizes
     ``sum log(1 + exp(-s_i (w.x_i + b))) + |w|^2 / (2c)`` (the intercept is not penalized), the
-    objective of scikit-learn's ``LogisticRegression(C=c)``. Returns ``(w, b)``."""
+    objective of scikit-learn's ``LogisticRegression(C=c)``. Returns ``(w, b)``.
+
+    With fewer images than features (the pixel test: ~200 images of 32x32 = 1024 features) each
+    Newton step is solved in the images' space (:func:`_newton_step_dual`): the same step, with
+    a system of N equations instead of D: 48x faster for a fold of 122 images a side,
+    8x for the whole pixel test (benchmarks/logistic.py)."""
     n, d = x.shape
     xb = np.hstack([x, np.ones((n, 1))])
     reg = np.full(d + 1, 1.0 / c)
     reg[-1] = 0.0
     beta = np.zeros(d + 1)
+    gram = x @ x.T if n < d else None
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-(xb @ beta)))
         grad = xb.T @ (p - y) + reg * beta
-        hess = (xb.T * (p * (1.0 - p))) @ xb
-        hess[np.diag_indices_from(hess)] += reg + 1e-10
-        step = np.linalg.solve(hess, grad)
+        if gram is None:
+            hess = (xb.T * (p * (1.0 - p))) @ xb
+            hess[np.diag_indices_from(hess)] += reg + 1e-10
+            step = np.linalg.solve(hess, grad)
+        else:
+            step = _newton_step_dual(x, gram, p * (1.0 - p), 1.0 / c + 1e-10, grad)
         beta -= step
         if float(np.abs(step).max()) < tol:
             break
     return beta[:-1], float(beta[-1])
+
+
+def _newton_step_dual(x: np.ndarray, gram: np.ndarray, curvature: np.ndarray, lam: float,
+                      grad: np.ndarray) -> np.ndarray:
+    """The primal Newton step ``H^-1 grad`` for ``H = [X 1]^T W [X 1] + diag(lam, .., lam, 1e-10)``
+    (``W = diag(curvature)``), computed with N x N systems only.
+
+    The weights' block ``A = X^T W X + lam I`` is inverted by Woodbury in its stable form,
+    ``A^-1 v = (v - X^T S M^-1 S X v) / lam`` with ``S = W^1/2`` and ``M = lam I + S X X^T S``
+    (``gram = X X^T``, computed once per fit); the unpenalized intercept is eliminated by its
+    Schur complement."""
+    root = np.sqrt(curvature)
+    m = gram * root[:, None] * root[None, :]
+    m[np.diag_indices_from(m)] += lam
+
+    def a_inv(v: np.ndarray) -> np.ndarray:
+        return (v - x.T @ (root * np.linalg.solve(m, root * (x @ v)))) / lam
+
+    g_w, g_b = grad[:-1], grad[-1]
+    coupling = x.T @ curvature  # H's off-diagonal column: X^T W 1
+    a_inv_g, a_inv_c = a_inv(g_w), a_inv(coupling)
+    schur = curvature.sum() + 1e-10 - coupling @ a_inv_c
+    step_b = (g_b - coupling @ a_inv_g) / schur
+    return np.append(a_inv_g - a_inv_c * step_b, step_b)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
