@@ -9,6 +9,7 @@ carry the labels.
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,20 @@ from cxraug.data.nih import (
 from cxraug.data.phantom import (
     CSV_NAME,
     PHANTOM_CLASSES,
+    PHANTOM_PATHOLOGIES,
+    SIGNS,
+    Anatomy,
+    ImageSpec,
+    Sign,
     make_phantom_dataset,
     plan_dataset,
+    register_sign,
     render_image,
     render_phantoms,
 )
+from cxraug.data.phantom import render as render_module
+from cxraug.data.phantom.dataset import readme_text
+from cxraug.data.phantom.signs import Canvas, Notes, Scene
 from cxraug.errors import CxrError
 
 SIZE = 64
@@ -170,7 +180,7 @@ def test_bad_options(tmp_path: Path, kwargs: dict, match: str) -> None:
 
 
 def test_failed_run_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cxraug.data.phantom as phantom
+    import cxraug.data.phantom.dataset as phantom  # the writer's module: where PNGs are encoded
 
     calls = []
 
@@ -195,6 +205,69 @@ def test_cli_demo_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "10 phantom images" in capsys.readouterr().out
     assert main(["demo-data", "--out", str(out), "--n", "10", "--size", "32"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- the signs
+def test_every_phantom_finding_has_one_registered_sign() -> None:
+    """Each finding a phantom can carry (and no other name) has its sign in the registry, once."""
+    carried = {label for spec in plan_dataset(600, seed=2, multi_label_fraction=0.5)
+               for label in spec.labels}
+    assert carried == set(PHANTOM_PATHOLOGIES) == set(SIGNS)
+    for finding, sign in SIGNS.items():
+        assert sign.finding == finding and (sign.draw or sign.reshape), finding
+    with pytest.raises(ValueError, match="already registered"):
+        register_sign(Sign("Effusion", "a second sign", draw=SIGNS["Effusion"].draw))
+    readme = readme_text(10, 64, 0, 0.1, {"No Finding": 10})
+    for sign in SIGNS.values():
+        assert readme.count(f"  {sign.finding:<13} {sign.description}\n") == 1
+    with pytest.raises(ValueError, match="no phantom sign is registered for Hernia"):
+        render_image(ImageSpec(0, 1, 0, ("Hernia",), 40, "M", "PA"), 32)
+
+
+def _inert(sign: Sign) -> Sign:
+    """``sign`` with the same random draws but no effect: images then differ by its effect only."""
+
+    def draw(c: Canvas, scene: Scene, rng: np.random.Generator, notes: Notes) -> None:
+        assert sign.draw is not None
+        sign.draw(c, Scene.empty(c.x), rng, notes)
+
+    def reshape(a: Anatomy, rng: np.random.Generator, notes: Notes) -> Anatomy:
+        assert sign.reshape is not None
+        sign.reshape(a, rng, notes)
+        return a
+
+    return replace(sign, draw=draw if sign.draw else None,
+                   reshape=reshape if sign.reshape else None)
+
+
+@pytest.mark.parametrize("finding", PHANTOM_PATHOLOGIES)
+def test_a_registered_sign_changes_the_lungs(finding: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendering with the sign against rendering with the same random numbers but the sign
+    made inert: the images differ, and the difference lies in the lungs (a sign that drew
+    nothing, or drew outside the lungs, fails)."""
+    canvases: list[Canvas] = []
+    draw_signs = render_module.draw_signs
+
+    def recording(labels: tuple[str, ...], canvas: Canvas, rng: np.random.Generator,
+                  notes: Notes) -> Scene:
+        canvases.append(canvas)
+        return draw_signs(labels, canvas, rng, notes)
+
+    monkeypatch.setattr(render_module, "draw_signs", recording)
+    for index in (0, 1):
+        spec = ImageSpec(index, 3 + index, 0, (finding,), 50, "MF"[index], "PA")
+        with_sign = render_image(spec, 128, seed=0).astype(np.int16)
+        with monkeypatch.context() as inert:
+            inert.setitem(SIGNS, finding, _inert(SIGNS[finding]))
+            without = render_image(spec, 128, seed=0).astype(np.int16)
+        margins = canvases[-1].margins  # the anatomy without the sign
+        lungs = (margins[0] > 0) | (margins[1] > 0)
+        elsewhere = (margins[0] < -0.08) & (margins[1] < -0.08)
+        change = np.abs(with_sign - without)
+        assert change[lungs].max() >= 40, (finding, index, change[lungs].max())
+        # exposure normalization moves every pixel a little; the sign moves the lungs
+        assert change[lungs].mean() > 2.5 * change[elsewhere].mean(), (finding, index)
 
 
 # --------------------------------------------------------------------------- separability
