@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..blas import one_blas_thread
+
 # the thumbnails' side (THUMB) and box filter are the near-copy rule's: one definition
 from ..near_copy import THUMB, box_average
 
@@ -39,8 +41,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0, iterations: int =
 
     With fewer images than features (the pixel test: ~200 images of 32x32 = 1024 features) each
     Newton step is solved in the images' space (:func:`_newton_step_dual`): the same step, with
-    a system of N equations instead of D: 48x faster for a fold of 122 images a side,
-    8x for the whole pixel test (benchmarks/logistic.py)."""
+    a system of N equations instead of D: 14x faster for a fold of 122 images a side
+    (benchmarks/logistic.py)."""
     n, d = x.shape
     xb = np.hstack([x, np.ones((n, 1))])
     reg = np.full(d + 1, 1.0 / c)
@@ -127,7 +129,16 @@ def two_sample_test(a: np.ndarray, b: np.ndarray, folds: int = 5, seed: int = 0,
 
     The larger set is subsampled to the smaller one's size (a fixed ``seed``), so that 0.5 is
     chance, and both to at most ``max_per_side`` (the cost grows with N); folds are stratified.
+
+    Runs with one BLAS thread: its N x N solves are small, and threaded OpenBLAS made the test 7x
+    slower on 2 busy cores (benchmarks/logistic.py), as it did the CNN probe.
     """
+    with one_blas_thread():
+        return _two_sample_test(a, b, folds, seed, c, max_per_side)
+
+
+def _two_sample_test(a: np.ndarray, b: np.ndarray, folds: int, seed: int, c: float,
+                     max_per_side: int) -> TwoSample:
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b), max_per_side)
     if n < folds:
