@@ -23,6 +23,7 @@ from .contract import RECIPE_LABEL_MODES
 from .diffaugment import POLICIES
 from .errors import CxrError
 from .losses import LOSSES as GAN_LOSSES
+from .losses import REGULARIZERS
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -335,10 +336,13 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             fail(f"train.{key} must be in [0, 1), got {getattr(t, key)}")
     if not 0 <= t.ema_decay < 1:
         fail(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if t.r1_gamma < 0:
-        fail(f"train.r1_gamma must be 0 (off) or more, got {t.r1_gamma}")
-    if t.r1_gamma > 0 and t.d_half_batches:
-        fail("train.r1_gamma needs the full-batch D step; set train.d_half_batches = false")
+    for reg in REGULARIZERS.values():  # D's penalties, each weighed by a [train] field
+        weight = getattr(t, reg.weight)
+        if weight < 0:
+            fail(f"train.{reg.weight} must be 0 (off) or more, got {weight}")
+        if weight > 0 and t.d_half_batches:
+            fail(f"train.{reg.weight} needs the full-batch D step; set "
+                 "train.d_half_batches = false")
     if not 0 <= t.aux_class_weight <= 100:
         fail(f"train.aux_class_weight must be in [0, 100], got {t.aux_class_weight}")
     if t.aux_class_weight > 0 and not family.class_head:
