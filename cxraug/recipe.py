@@ -167,7 +167,8 @@ def _common_model_keys() -> list[str]:
 def model_table(m: ModelConfig) -> dict[str, Any]:
     """The flat ``[model]`` table of ``m``: the common keys, then every registered family's
     options in registration order, this family's values and the others' defaults (the layout
-    every recipe.toml has had, so a table and its fingerprint stay what they were)."""
+    every recipe.toml has had, so the tables resume compares and exports record stay as they
+    were)."""
     table = {key: getattr(m, key) for key in _common_model_keys()}
     for cls in option_classes():
         values = m.options if type(m.options) is cls else cls()
