@@ -54,7 +54,7 @@ def step_flops(trainer) -> float:
 
     fg, fd = model_flops(trainer.generator), model_flops(trainer.discriminator)
     b, n = trainer.batch_size, trainer.real_batch
-    d_update = n * fg + 3 * fd * 2 * n + (2 * fd * n if trainer.r1_gamma > 0 else 0)
+    d_update = n * fg + 3 * fd * 2 * n + (2 * fd * n if trainer.needs_real_grads else 0)
     return float(d_update + 3 * fg * b + 3 * fd * b)
 
 

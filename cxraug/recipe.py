@@ -4,6 +4,14 @@ A recipe has three tables, ``[model]``, ``[train]`` and ``[data]``, mirroring
 :class:`ModelConfig`, :class:`TrainConfig` and :class:`DataConfig`. Every field has a default and a
 ``doc`` string; unknown keys, wrong types and out-of-range values are errors that name the recipe
 file, the key and the fix. This module does not import TensorFlow.
+
+A network family's own options live in its dataclass (:mod:`cxraug.model_options`, named by its
+registration in :mod:`cxraug.architectures`), held as ``ModelConfig.options``. On disk the
+``[model]`` table stays flat, every family's keys side by side, exactly as recipes, run folders'
+recipe.toml and exported models' metadata have always written it: :func:`recipe_from_dict` maps
+the keys into the family's class and :meth:`Recipe.to_dict` writes them back flat, so old files
+load to the same values, ``--set model.filters=64`` works as before, and a resumed run compares
+the same tables.
 """
 
 from __future__ import annotations
@@ -14,15 +22,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import tomllib
 
-from .architectures import ARCHITECTURES, architecture
+from .architectures import ARCHITECTURES, architecture, option_classes, owners
 from .contract import RECIPE_LABEL_MODES
 from .diffaugment import POLICIES
 from .errors import CxrError
 from .losses import LOSSES as GAN_LOSSES
+from .losses import REGULARIZERS
+from .model_options import ModelOptions
+from .model_options import doc as _doc
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -32,17 +43,9 @@ LABEL_MODES = RECIPE_LABEL_MODES
 LOSSES = tuple(GAN_LOSSES)  # registered in cxraug/losses.py
 DIFFAUG_POLICIES = tuple(POLICIES)  # registered in cxraug/diffaugment.py
 FAKE_LABELS = ("uniform", "data")
-UPSAMPLE = ("nearest", "bilinear")
-#: Images per group of the discriminator's minibatch standard deviation (ProGAN, StyleGAN: 4).
-MINIBATCH_STD_GROUP = 4
-
-
-def _doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    if default is dataclasses.MISSING and "default_factory" not in kw:
-        return field(metadata={"doc": text}, **kw)
-    if "default_factory" in kw:
-        return field(metadata={"doc": text}, **kw)
-    return field(default=default, metadata={"doc": text}, **kw)
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+_T = TypeVar("_T", bound="DataclassInstance")  # a [section]'s dataclass
 
 
 @dataclass
@@ -57,22 +60,13 @@ class ModelConfig:
         "index: one class per image (int label); multi-hot: a vector of classes (multi-label).",
         "index",
     )
-    filters: int = _doc("paper family: filters of every (transposed) convolution.", 128)
-    fast_conv_grad: bool = _doc(
-        "paper family: compute the big final convolution's gradient by a fast identical path.", True
-    )
-    g_channels: int = _doc("cxraug: generator channels at the lowest resolution.", 256)
-    g_min_channels: int = _doc(
-        "cxraug: the fewest channels a generator block may have (the widths halve per doubling "
-        "down to this): the last blocks draw the fine detail, ribs and edges.", 16)
-    d_channels: int = _doc("cxraug: discriminator channels at the highest resolution.", 32)
-    spectral_norm: bool = _doc("cxraug: spectral normalization in the discriminator.", True)
-    upsample: str = _doc(
-        "cxraug: the generator's x2 upsampling, nearest (copies pixels) | bilinear (interpolates; "
-        "no fixed 2-pixel pattern in every image).", "nearest")
-    minibatch_std: bool = _doc(
-        "cxraug: a minibatch standard-deviation channel before D's last convolution (ProGAN), so "
-        "D sees when a batch lacks the variety of real images.", False)
+    options: ModelOptions = field(default_factory=ModelOptions, metadata={
+        "doc": "The family's own options (cxraug/model_options.py); files hold them flat."})
+
+    def __post_init__(self) -> None:
+        # the bare base class stands for "this family's defaults" (configs made in code)
+        if type(self.options) is ModelOptions and self.arch in ARCHITECTURES:
+            self.options = architecture(self.arch).options()
 
 
 @dataclass
@@ -156,13 +150,76 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values, the ``[model]`` table flat as files hold it (:func:`model_table`)."""
+        return {**dataclasses.asdict(self), "model": model_table(self.model)}
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _common_model_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(ModelConfig) if f.name != "options"]
+
+
+def model_table(m: ModelConfig) -> dict[str, Any]:
+    """The flat ``[model]`` table of ``m``: the common keys, then every registered family's
+    options in registration order, this family's values and the others' defaults (the layout
+    every recipe.toml has had, so the tables resume compares and exports record stay as they
+    were)."""
+    table = {key: getattr(m, key) for key in _common_model_keys()}
+    for cls in option_classes():
+        values = m.options if type(m.options) is cls else cls()
+        table.update(dataclasses.asdict(values))
+    return table
+
+
+def _build_model(values: Any, source: str) -> ModelConfig:
+    """A flat ``[model]`` table -> :class:`ModelConfig`, the keys of ``model.arch``'s family in
+    its options. Every family's keys are read and checked as before; another family's are then
+    dropped, or refused where their field says so (``elsewhere``) and the value is not that
+    field's default."""
+    if not isinstance(values, dict):
+        raise CxrError(f"recipe {source}: [model] must be a table")
+    common = _common_model_keys()
+    classes = option_classes()
+    fields_of = {cls: {f.name: f for f in dataclasses.fields(cls)} for cls in classes}
+    known = common + [name for names in fields_of.values() for name in names]
+    for key in values:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            raise CxrError(f"recipe {source}: unknown key model.{key}{suggestion}")
+    m = _build_section(ModelConfig, {k: v for k, v in values.items() if k in common}, source,
+                       "model")
+    every = {cls: _build_section(cls, {k: v for k, v in values.items() if k in fields_of[cls]},
+                                 source, "model") for cls in classes}
+    if m.arch not in ARCHITECTURES:
+        return m  # validate_model names the registered families
+    own = architecture(m.arch).options
+
+    def fail(msg: str) -> NoReturn:
+        raise CxrError(f"recipe {source}: {msg}")
+
+    for cls, options in every.items():
+        if cls is own:
+            continue
+        options.check(fail)
+        for name, f in fields_of[cls].items():
+            value = getattr(options, name)
+            if "elsewhere" in f.metadata and name in values and value != f.default:
+                fail(f.metadata["elsewhere"].format(value=value,
+                                                    owners=" | ".join(owners(cls))))
+    m.options = every.get(own, own())
+    return m
+
+
+def model_config(**table: Any) -> ModelConfig:
+    """A :class:`ModelConfig` from flat ``[model]`` keys, as a recipe file gives them
+    (``model_config(arch="paper", filters=16)``), read and checked like one."""
+    return _build_model(table, "model config")
 
 
 def available_recipes() -> list[str]:
@@ -210,10 +267,11 @@ def recipe_from_dict(
     if unknown:
         raise CxrError(f"recipe {source}: unknown top-level key(s) {sorted(unknown)}; "
                        f"allowed: name, description, {', '.join(SECTIONS)}")
-    sections = {name: _build_section(cls, raw.get(name, {}), source, name)
-                for name, cls in SECTIONS.items()}
     recipe = Recipe(name=str(raw.get("name", Path(source).stem)),
-                    description=str(raw.get("description", "")), **sections)
+                    description=str(raw.get("description", "")),
+                    model=_build_model(raw.get("model", {}), source),
+                    train=_build_section(TrainConfig, raw.get("train", {}), source, "train"),
+                    data=_build_section(DataConfig, raw.get("data", {}), source, "data"))
     validate(recipe, source)
     return recipe
 
@@ -252,11 +310,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     raise CxrError(f"{where} must be {name}, got {value!r}")
 
 
-def _build_section(cls: type, values: Any, source: str, section: str) -> Any:
+def _build_section(cls: type[_T], values: Any, source: str, section: str) -> _T:
     if not isinstance(values, dict):
         raise CxrError(f"recipe {source}: [{section}] must be a table")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
     kwargs = {}
     for key, value in values.items():
         if key not in names:
@@ -271,7 +329,7 @@ def validate_model(m: ModelConfig, source: str = "<model config>") -> None:
     """The ``[model]`` table's ranges and what its architecture allows (builders call it too,
     for configs made in code); raises :class:`CxrError` on the first problem."""
 
-    def fail(msg: str) -> None:
+    def fail(msg: str) -> NoReturn:
         raise CxrError(f"recipe {source}: {msg}")
 
     if m.arch not in ARCHITECTURES:
@@ -281,26 +339,22 @@ def validate_model(m: ModelConfig, source: str = "<model config>") -> None:
         fail(f"model.label_mode must be one of {', '.join(LABEL_MODES)}, got {m.label_mode!r}")
     if not (32 <= m.image_size <= 1024 and m.image_size % 16 == 0):
         fail(f"model.image_size must be a multiple of 16 between 32 and 1024, got {m.image_size}")
-    for key in ("latent_dim", "embedding_dim", "filters", "g_channels", "g_min_channels",
-                "d_channels"):
+    for key in ("latent_dim", "embedding_dim"):
         if getattr(m, key) < 1:
             fail(f"model.{key} must be at least 1, got {getattr(m, key)}")
     if not family.conditional and m.label_mode != "index":
         fail(f"model.arch {m.arch} is unconditional; leave label_mode = \"index\"")
-    if m.upsample not in UPSAMPLE:
-        fail(f"model.upsample must be one of {', '.join(UPSAMPLE)}, got {m.upsample!r}")
-    if m.upsample != "nearest" and not family.cxraug_options:
-        fail(f"model.upsample = {m.upsample!r} needs model.arch = \"cxraug\" (the paper's "
-             "generator upsamples by transposed convolutions)")
-    if m.minibatch_std and not family.cxraug_options:
-        fail("model.minibatch_std needs model.arch = \"cxraug\"; set it to false")
+    if type(m.options) is not family.options:
+        fail(f"model.arch {m.arch} takes {family.options.__name__}, got "
+             f"{type(m.options).__name__} (build configs with recipe.model_config)")
+    m.options.check(fail)
 
 
 def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     """Range and consistency checks; raise :class:`CxrError` on the first problem."""
     m, t = recipe.model, recipe.train
 
-    def fail(msg: str) -> None:
+    def fail(msg: str) -> NoReturn:
         raise CxrError(f"recipe {source}: {msg}")
 
     validate_model(m, source)
@@ -320,10 +374,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
              '(e.g. ["translation", "cutout"]) or set ada_target = 0')
     if t.ada_kimg <= 0:
         fail(f"train.ada_kimg must be positive, got {t.ada_kimg}")
-    if m.minibatch_std and t.batch_size % (2 * MINIBATCH_STD_GROUP if t.d_half_batches
-                                           else MINIBATCH_STD_GROUP):
-        fail(f"model.minibatch_std compares groups of {MINIBATCH_STD_GROUP} images: "
-             f"train.batch_size must be a multiple of {MINIBATCH_STD_GROUP}, got {t.batch_size}")
+    m.options.check(fail, t)  # the family's rules that involve [train]
     if t.batch_size < 2 or (t.d_half_batches and t.batch_size % 2):
         fail(f"train.batch_size must be at least 2 (and even with d_half_batches), got "
              f"{t.batch_size}")
@@ -335,10 +386,13 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             fail(f"train.{key} must be in [0, 1), got {getattr(t, key)}")
     if not 0 <= t.ema_decay < 1:
         fail(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if t.r1_gamma < 0:
-        fail(f"train.r1_gamma must be 0 (off) or more, got {t.r1_gamma}")
-    if t.r1_gamma > 0 and t.d_half_batches:
-        fail("train.r1_gamma needs the full-batch D step; set train.d_half_batches = false")
+    for reg in REGULARIZERS.values():  # D's penalties, each weighed by a [train] field
+        weight = getattr(t, reg.weight)
+        if weight < 0:
+            fail(f"train.{reg.weight} must be 0 (off) or more, got {weight}")
+        if weight > 0 and t.d_half_batches:
+            fail(f"train.{reg.weight} needs the full-batch D step; set "
+                 "train.d_half_batches = false")
     if not 0 <= t.aux_class_weight <= 100:
         fail(f"train.aux_class_weight must be in [0, 100], got {t.aux_class_weight}")
     if t.aux_class_weight > 0 and not family.class_head:
@@ -388,6 +442,11 @@ def dump_toml(data: dict[str, Any]) -> str:
 
 
 def field_docs() -> dict[str, str]:
-    """``section.key`` -> documentation, for ``cxraug recipes`` and the README."""
-    return {f"{name}.{f.name}": f.metadata.get("doc", "")
-            for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    """``section.key`` -> documentation, for ``cxraug recipes`` and the README; the model's
+    options as the flat keys files use, each family's after the common ones."""
+    docs = {}
+    for name, cls in SECTIONS.items():
+        classes: list[type[Any]] = [cls, *option_classes()] if cls is ModelConfig else [cls]
+        docs.update({f"{name}.{f.name}": f.metadata.get("doc", "") for c in classes
+                     for f in dataclasses.fields(c) if f.name != "options"})
+    return docs

@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 
 from cxraug.models import build_generator  # noqa: E402
 from cxraug.models.layers import FastGradConv2D, fast_grad_conv2d, same_padding  # noqa: E402
-from cxraug.recipe import ModelConfig  # noqa: E402
+from cxraug.recipe import ModelConfig, model_config  # noqa: E402
 
 RTOL = 1e-4
 
@@ -109,7 +109,7 @@ def test_paper_generator_uses_the_fast_final_convolution() -> None:
     final = g.get_layer("final_conv")
     assert isinstance(final, FastGradConv2D) and final.uses_fast_path
     assert final.kernel_size == (16, 16) and final.filters == 1
-    stock = build_generator(ModelConfig(arch="paper", image_size=128, fast_conv_grad=False), 7)
+    stock = build_generator(model_config(arch="paper", image_size=128, fast_conv_grad=False), 7)
     assert not isinstance(stock.get_layer("final_conv"), FastGradConv2D)
     assert stock.count_params() == g.count_params() == 1_704_799
 
@@ -118,7 +118,7 @@ def test_paper_generator_uses_the_fast_final_convolution() -> None:
 def test_paper_generator_gradient_equals_stock(arch: str, size: int) -> None:
     """The whole paper generator (8x8 final kernel at 64): same outputs, same weight gradients."""
     fast = build_generator(ModelConfig(arch=arch, image_size=size), 7)
-    stock = build_generator(ModelConfig(arch=arch, image_size=size, fast_conv_grad=False), 7)
+    stock = build_generator(model_config(arch=arch, image_size=size, fast_conv_grad=False), 7)
     stock.set_weights(fast.get_weights())
     rng = np.random.default_rng(3)
     z = rng.normal(size=(2, 100)).astype(np.float32)

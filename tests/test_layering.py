@@ -8,6 +8,7 @@ import ast
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import cxraug
 from cxraug.architectures import ARCHITECTURES, Architecture, architecture, register
 from cxraug.contract import INPUTS, LABEL, LABELS, Z, inputs_for, label_input, label_mode_of
 from cxraug.errors import CxrError
+from cxraug.model_options import Fail, ModelOptions, doc
 from cxraug.recipe import ModelConfig, load_recipe
 
 #: The stages (packages of cxraug) in pipeline order ...
@@ -205,41 +207,74 @@ def test_the_generator_contract_in_one_place() -> None:
 
 
 def test_a_new_architecture_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A family registered by name builds through the same entry points and is validated by
-    recipes; its capabilities (no class head, not conditional) are enforced."""
+    """A family registered by name, with its own options dataclass, builds through the same
+    entry points (its builders receive its options) and is validated by recipes: its options
+    are flat [model] keys, listed with their docs and checked by its own rules; its
+    capabilities (no class head, not conditional) are enforced."""
     from cxraug import models
+    from cxraug.recipe import field_docs
 
     monkeypatch.setitem(ARCHITECTURES, "tiny-test", Architecture(
         "tiny-test", "test_layering:_tiny_generator", "test_layering:_tiny_discriminator",
-        conditional=False))
+        conditional=False, options=TinyOptions))
     cfg = ModelConfig(arch="tiny-test", image_size=32, latent_dim=4)
+    assert cfg.options == TinyOptions()
     g = models.build_generator(cfg, 0)
     assert [i.name for i in g.inputs] == [Z] and tuple(g.outputs[0].shape) == (None, 32, 32, 1)
+    assert g.layers[1].units == TinyOptions().tiny_width  # the builder got the options
     assert models.label_input_name(cfg) is None and label_mode_of(cfg) == "none"
     with pytest.raises(CxrError, match="no class head"):
         models.build_discriminator(cfg, 0, class_head=True)
     tiny = {"model.arch": "tiny-test", "train.aux_class_weight": 0.0}
-    assert load_recipe("smoke-32", overrides=tiny).model.arch == "tiny-test"
+    # smoke-32's cxraug widths are another family's keys: read, checked, ignored (as before)
+    recipe = load_recipe("smoke-32", overrides={**tiny, "model.tiny_width": "3"})
+    assert recipe.model.arch == "tiny-test" and recipe.model.options == TinyOptions(3)
+    assert recipe.to_dict()["model"]["tiny_width"] == 3
+    assert field_docs()["model.tiny_width"] == "tiny: hidden units."
+    with pytest.raises(CxrError, match="model.tiny_width must be at least 1, got 0"):
+        load_recipe("smoke-32", overrides={**tiny, "model.tiny_width": 0})
+    with pytest.raises(CxrError, match='model.tiny_switch needs model.arch = "tiny-test"'):
+        load_recipe("smoke-32", overrides={"model.tiny_switch": True})
     with pytest.raises(CxrError, match="no class head"):  # smoke-32 trains D's class head
         load_recipe("smoke-32", overrides={"model.arch": "tiny-test"})
     with pytest.raises(CxrError, match="unconditional"):
         load_recipe("smoke-32", overrides={**tiny, "model.label_mode": "multi-hot"})
     with pytest.raises(ValueError, match="already registered"):
         register(architecture("cxraug"))
+    with pytest.raises(ValueError, match=r"option\(s\) \['filters'\] already belong"):
+        register(Architecture("clash", "m:g", "m:d", options=ClashingOptions))
     with pytest.raises(CxrError, match="model.arch must be one of"):
         architecture("nope")
 
 
-def _tiny_generator(cfg: ModelConfig, num_classes: int):
+@dataclass
+class TinyOptions(ModelOptions):
+    """The test family's own options."""
+
+    tiny_width: int = doc("tiny: hidden units.", 8)
+    tiny_switch: bool = doc("tiny: a switch other families must not be given.", False,
+                            elsewhere='model.tiny_switch needs model.arch = "{owners}"')
+
+    def check(self, fail: Fail, train: object = None) -> None:
+        self._at_least_one(fail, "tiny_width")
+
+
+@dataclass
+class ClashingOptions(ModelOptions):
+    filters: int = doc("a name the paper family already uses.", 1)
+
+
+def _tiny_generator(cfg: ModelConfig, options: TinyOptions, num_classes: int):
     import keras
 
     z = keras.Input(shape=(cfg.latent_dim,), name=Z)
-    x = keras.layers.Dense(cfg.image_size * cfg.image_size, activation="tanh")(z)
+    x = keras.layers.Dense(options.tiny_width, activation="relu")(z)
+    x = keras.layers.Dense(cfg.image_size * cfg.image_size, activation="tanh")(x)
     return keras.Model(z, keras.layers.Reshape((cfg.image_size, cfg.image_size, 1),
                                                name="image")(x))
 
 
-def _tiny_discriminator(cfg: ModelConfig, num_classes: int):
+def _tiny_discriminator(cfg: ModelConfig, options: TinyOptions, num_classes: int):
     import keras
 
     image = keras.Input(shape=(cfg.image_size, cfg.image_size, 1), name="image")

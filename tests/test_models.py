@@ -28,7 +28,7 @@ from cxraug.models.layers import (  # noqa: E402
     SNDense,
     Upsample2x,
 )
-from cxraug.recipe import ModelConfig, load_recipe  # noqa: E402
+from cxraug.recipe import ModelConfig, load_recipe, model_config  # noqa: E402
 
 C = 7
 
@@ -46,8 +46,8 @@ def _inputs(cfg: ModelConfig, n: int = 2, seed: int = 0) -> dict[str, np.ndarray
 
 def _small(arch: str, size: int, label_mode: str = "index") -> ModelConfig:
     """Narrow networks so shape tests stay fast; the recipes' widths are tested separately."""
-    return ModelConfig(arch=arch, image_size=size, label_mode=label_mode, latent_dim=16,
-                       embedding_dim=8, filters=16, g_channels=32, d_channels=8)
+    return model_config(arch=arch, image_size=size, label_mode=label_mode, latent_dim=16,
+                        embedding_dim=8, filters=16, g_channels=32, d_channels=8)
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])

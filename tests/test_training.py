@@ -7,6 +7,7 @@ session's ``smoke_run`` and build as few extra trainers as the behaviour under t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -670,3 +671,41 @@ def test_new_training_options_are_validated() -> None:
         load_recipe("smoke-32", overrides={"model.minibatch_std": True, "train.batch_size": 30})
     with pytest.raises(CxrError, match="train.kimg must be 0"):
         load_recipe("smoke-32", overrides={"train.kimg": -1})
+
+
+def test_regularizers_are_validated_from_the_registry() -> None:
+    """Each registered penalty's weight is a [train] field, checked in one loop: R1 keeps its
+    one-line errors."""
+    from cxraug.losses import REGULARIZERS
+    from cxraug.recipe import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert all(reg.weight in fields for reg in REGULARIZERS.values())
+    with pytest.raises(CxrError, match=r"train\.r1_gamma must be 0 \(off\) or more"):
+        load_recipe("smoke-32", overrides={"train.r1_gamma": -1})
+    with pytest.raises(CxrError, match="r1_gamma needs the full-batch D step"):
+        load_recipe("smoke-32", overrides={"train.r1_gamma": 1, "train.d_half_batches": True})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_a_registered_regularizer_is_picked_up_by_each_backend(backend: str) -> None:
+    """A toy penalty registered as one REGULARIZERS entry (tests/regularizer_probe.py) adds
+    exactly its weighted mean to D's loss in that backend's step, and nothing else changes."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "tests/regularizer_probe.py"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["backend"] == backend
+    without, with_toy = out["without"], out["with"]
+    assert with_toy["d_loss"] - without["d_loss"] == pytest.approx(out["penalty"], rel=1e-5)
+    for key in ("g_loss", "d_acc_real", "d_acc_fake", "r_t"):
+        assert with_toy[key] == pytest.approx(without[key], rel=1e-5, abs=1e-6), key

@@ -1,9 +1,10 @@
 """The networks: one builder pair for every architecture in a recipe (TensorFlow).
 
-``build_generator(cfg, num_classes)`` and ``build_discriminator(cfg, num_classes)`` follow the
-contract in docs/ARCHITECTURE.md ("Models"): generator inputs ``z`` and ``label`` (int32 [N]) or
-``labels`` (float32 multi-hot [N, C]), none for ``paper-dcgan``; output float32 [N, S, S, 1] in
-[-1, 1]. Discriminator inputs ``image`` and ``label``/``labels``; output logits [N, 1].
+``build_generator(cfg, num_classes)`` and ``build_discriminator(cfg, num_classes)`` call the
+family's builders with its options (``cfg.options``). They follow the contract in
+docs/ARCHITECTURE.md ("Models"): generator inputs ``z`` and ``label`` (int32 [N]) or ``labels``
+(float32 multi-hot [N, C]), none for ``paper-dcgan``; output float32 [N, S, S, 1] in [-1, 1].
+Discriminator inputs ``image`` and ``label``/``labels``; output logits [N, 1].
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _check(cfg: ModelConfig, num_classes: int) -> None:
 def build_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
     """The generator of the family ``cfg.arch`` (weights from Keras' global seed)."""
     _check(cfg, num_classes)
-    return architecture(cfg.arch).builder("generator")(cfg, num_classes)
+    return architecture(cfg.arch).builder("generator")(cfg, cfg.options, num_classes)
 
 
 def build_discriminator(cfg: ModelConfig, num_classes: int,
@@ -55,7 +56,9 @@ def build_discriminator(cfg: ModelConfig, num_classes: int,
     if class_head and not family.class_head:
         raise CxrError(f"the {cfg.arch} discriminator has no class head; use model.arch cxraug")
     build = family.builder("discriminator")
-    return build(cfg, num_classes, class_head=True) if class_head else build(cfg, num_classes)
+    if class_head:
+        return build(cfg, cfg.options, num_classes, class_head=True)
+    return build(cfg, cfg.options, num_classes)
 
 
 def label_input_name(cfg: ModelConfig) -> str | None:

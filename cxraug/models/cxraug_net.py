@@ -21,7 +21,7 @@ halving the channels each block (never below 16), then ``BN -> ReLU -> Conv3x3 -
   from real chest X-rays (benchmarks/real_small_data.py).
 
 Discriminator (SNGAN-style with a projection head, Miyato & Koyama 2018): ``Conv3x3`` then one
-``Conv4x4 / stride 2`` per halving down to 4x4, doubling channels from ``cfg.d_channels`` (capped
+``Conv4x4 / stride 2`` per halving down to 4x4, doubling channels from ``d_channels`` (capped
 at ``8 * d_channels``), optionally a minibatch standard-deviation channel (``minibatch_std``), a
 final ``Conv3x3``, all spectrally normalized with LeakyReLU(0.2); global
 sum pooling gives ``h``; the logit is ``linear(h) + <embed(y), h>``. Spectral normalization and the
@@ -41,7 +41,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ..recipe import MINIBATCH_STD_GROUP, ModelConfig
+from ..model_options import MINIBATCH_STD_GROUP, CxraugOptions
+from ..recipe import ModelConfig
 from .layers import (
     ClassEmbedding,
     ConditionalBatchNorm,
@@ -63,24 +64,25 @@ def base_resolution(image_size: int) -> tuple[int, int]:
     return image_size >> n, n
 
 
-def generator_widths(cfg: ModelConfig) -> list[int]:
+def generator_widths(cfg: ModelConfig, options: CxraugOptions) -> list[int]:
     """Channels at b, 2b, ..., S (b = 4 for powers of two): ``g_channels`` halved per doubling,
     floored at ``g_min_channels``."""
     _, n_up = base_resolution(cfg.image_size)
-    floor = min(cfg.g_min_channels, cfg.g_channels)
-    return [max(cfg.g_channels >> i, floor) for i in range(n_up + 1)]
+    floor = min(options.g_min_channels, options.g_channels)
+    return [max(options.g_channels >> i, floor) for i in range(n_up + 1)]
 
 
-def discriminator_widths(cfg: ModelConfig) -> list[int]:
+def discriminator_widths(cfg: ModelConfig, options: CxraugOptions) -> list[int]:
     """Channels at S, S/2, ..., b: ``d_channels`` doubled per halving, capped at 8x."""
     _, n_down = base_resolution(cfg.image_size)
-    return [min(cfg.d_channels << i, 8 * cfg.d_channels) for i in range(n_down + 1)]
+    return [min(options.d_channels << i, 8 * options.d_channels) for i in range(n_down + 1)]
 
 
-def build_cxraug_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
+def build_cxraug_generator(cfg: ModelConfig, options: CxraugOptions,
+                           num_classes: int) -> keras.Model:
     """Inputs ``z`` and ``label`` (or ``labels``); output ``image`` [N, S, S, 1] in [-1, 1]."""
     multi_hot = cfg.label_mode == "multi-hot"
-    widths = generator_widths(cfg)
+    widths = generator_widths(cfg, options)
     z = keras.Input(shape=(cfg.latent_dim,), dtype="float32", name="z")
     label = label_input_tensor(cfg.label_mode, num_classes)
     # N(0, 1) like z: with Keras' default N(0, 0.05) the label is 20x quieter than the noise in
@@ -90,7 +92,7 @@ def build_cxraug_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
                        name="label_embedding")(label)
     h = layers.Concatenate(name="z_label")([z, e])
     base, _ = base_resolution(cfg.image_size)
-    method = "bilinear" if cfg.upsample == "bilinear" else "resize"
+    method = "bilinear" if options.upsample == "bilinear" else "resize"
     h = layers.Dense(base * base * widths[0], name="seed_dense")(h)
     x = layers.Reshape((base, base, widths[0]), name="seed_grid")(h)
     for i, cout in enumerate(widths[1:]):
@@ -113,16 +115,16 @@ def build_cxraug_generator(cfg: ModelConfig, num_classes: int) -> keras.Model:
     return keras.Model([z, label], image, name="cxraug_generator")
 
 
-def build_cxraug_discriminator(cfg: ModelConfig, num_classes: int,
+def build_cxraug_discriminator(cfg: ModelConfig, options: CxraugOptions, num_classes: int,
                                class_head: bool = False) -> keras.Model:
     """Inputs ``image`` and ``label``/``labels``; output logits [N, 1] (projection D).
 
     ``class_head``: a second output, class logits [N, C] from the same pooled features (the
     auxiliary classifier of ``train.aux_class_weight``); it sees the image only, never the label.
     """
-    sn = cfg.spectral_norm
+    sn = options.spectral_norm
     multi_hot = cfg.label_mode == "multi-hot"
-    widths = discriminator_widths(cfg)
+    widths = discriminator_widths(cfg, options)
     s = cfg.image_size
     image = keras.Input(shape=(s, s, 1), dtype="float32", name="image")
     label = label_input_tensor(cfg.label_mode, num_classes)
@@ -133,7 +135,7 @@ def build_cxraug_discriminator(cfg: ModelConfig, num_classes: int,
         x = SNConv2D(cout, 4, strides=2, padding="same", spectral_norm=sn,
                      name=f"d{res}_down")(x)
         x = layers.LeakyReLU(negative_slope=0.2, name=f"d{res}_lrelu")(x)
-    if cfg.minibatch_std:
+    if options.minibatch_std:
         x = MinibatchStdDev(MINIBATCH_STD_GROUP, name="minibatch_std")(x)
     x = SNConv2D(widths[-1], 3, padding="same", spectral_norm=sn, name="dlast_conv")(x)
     x = layers.LeakyReLU(negative_slope=0.2, name="dlast_lrelu")(x)

@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 from ..diffaugment import KeyNoise
+from ..losses import PenaltyInputs
 from ..recipe import Recipe
 from .jax_checkpoint import JaxCheckpoints, pack, unpack
 from .trainer import STANDING_BATCHES, SUM_KEYS, DCall, TrainerBase, dtype_policy
@@ -188,18 +189,25 @@ class JaxTrainer(TrainerBase):
         loss, aux = loss_of(call)
         return loss, aux, call.stats, call.key
 
-    def _d_full_r1(self, d_vars: list[Any], d_stats: list[Any], key: Any, aug_p: Any,
-                   real: Any, labels: Any, fake: Any, fake_labels: Any) -> DObjective:
-        """D's loss on reals and fakes + R1, the gradient wrt the reals taken through the same
-        forward pass (D's statistics and key leave the inner gradient as its aux)."""
+    def _d_full_penalized(self, d_vars: list[Any], d_stats: list[Any], key: Any, aug_p: Any,
+                          real: Any, labels: Any, fake: Any, fake_labels: Any) -> DObjective:
+        """D's loss on reals and fakes + the active regularizers' penalties (:meth:`d_penalty`),
+        the gradient wrt the reals, when one asks for it, taken through the same forward pass
+        (D's statistics and key leave the inner gradient as its aux)."""
         def on_reals(images: Any) -> tuple[Any, Any]:
             loss, logits, stats, key_after = self._d_objective(
                 d_vars, d_stats, key, aug_p, partial(self._d_full, images, labels, fake,
                                                      fake_labels))
             return jnp.sum(logits[0]), (loss, logits, stats, key_after)
 
-        grads, (loss, logits, stats, key_after) = jax.grad(on_reals, has_aux=True)(real)
-        return loss + self.r1_penalty(grads), logits, stats, key_after
+        if self.needs_real_grads:
+            grads, (loss, logits, stats, key_after) = jax.grad(on_reals, has_aux=True)(real)
+        else:
+            grads, (_, (loss, logits, stats, key_after)) = None, on_reals(real)
+        # a penalty that calls D again continues from the pass's statistics and key
+        call = _DCall(self, d_vars, stats, key_after, aug_p)
+        penalty = self.d_penalty(PenaltyInputs(real, labels, logits[0], grads, call))
+        return loss + penalty, logits, call.stats, call.key
 
     def _d_full(self, real: Any, labels: Any, fake: Any, fake_labels: Any,
                 call: DCall) -> tuple[Any, Any]:
@@ -251,9 +259,9 @@ class JaxTrainer(TrainerBase):
                 self._d_objective, aug_p=aug_p,
                 loss_of=partial(self.d_fake_loss, fake=fake, fake_labels=fake_labels)))
             d_loss = 0.5 * (loss_real + loss_fake)
-        elif self.r1_gamma > 0:
+        elif self.regularizers:
             d, d_loss, (real_logits, fake_logits) = self._d_update(d, partial(
-                self._d_full_r1, aug_p=aug_p, real=real, labels=labels, fake=fake,
+                self._d_full_penalized, aug_p=aug_p, real=real, labels=labels, fake=fake,
                 fake_labels=fake_labels))
         else:
             d, d_loss, (real_logits, fake_logits) = self._d_update(d, partial(

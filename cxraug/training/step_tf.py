@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..losses import PenaltyInputs
 from ..recipe import Recipe
 from .trainer import SUM_KEYS, TrainerBase, dtype_policy
 
@@ -164,8 +165,11 @@ class TFTrainer(TrainerBase):
                     d_loss, real_logits, fake_logits = self.d_full_loss(
                         self._d, real, labels, fake, fake_labels)
                     real_sum = tf.reduce_sum(real_logits)
-                if self.r1_gamma > 0:  # R1 through the same forward pass
-                    d_loss += self.r1_penalty(on_reals.gradient(real_sum, real))
+                if self.regularizers:  # penalties on the same forward pass
+                    grads = (on_reals.gradient(real_sum, real) if self.needs_real_grads
+                             else None)
+                    d_loss += self.d_penalty(PenaltyInputs(real, labels, real_logits, grads,
+                                                           self._d))
                 scaled = self.d_optimizer.scale_loss(d_loss)
             self._apply(self.d_optimizer, tape, scaled, d_vars)
         acc_real, r_t, acc_fake = self.d_stats(real_logits, fake_logits)

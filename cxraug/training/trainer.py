@@ -32,7 +32,7 @@ from keras import ops
 from ..contract import IMAGE, LABEL, Z, inputs_for, label_input, label_mode_of
 from ..diffaugment import diff_augment
 from ..errors import CxrError
-from ..losses import LOSSES, class_loss
+from ..losses import LOSSES, PenaltyInputs, active_regularizers, class_loss
 from ..recipe import Recipe
 from .protocol import Checkpoints
 
@@ -76,7 +76,9 @@ class TrainerBase(ABC):
         self.policies = list(t.diffaugment)
         self.ema_decay = float(t.ema_decay)
         self.aux_weight = float(t.aux_class_weight)
-        self.r1_gamma = float(t.r1_gamma)
+        # D's penalties (cxraug/losses.py REGULARIZERS) the recipe weighs above 0
+        self.regularizers = active_regularizers(t)
+        self.needs_real_grads = any(reg.needs_real_grads for reg, _ in self.regularizers)
         self.ada = t.ada_target > 0
         self.label_mode = label_mode_of(m)
         self.label_key = label_input(self.label_mode) or LABEL
@@ -196,12 +198,17 @@ class TrainerBase(ABC):
                       + self.average(self.loss.d_fake(fake_logits), self.real_batch))
         return loss, real_logits, fake_logits
 
-    def r1_penalty(self, real_grads: Any) -> Any:
-        """R1: gamma / 2 x the mean over reals of |d sum(D(real)) / d real|^2, given that
-        gradient ``[N, H, W, 1]`` (each backend takes it from its own autodiff, on the same
-        forward pass as D's loss, so no extra augmentation noise is drawn)."""
-        sq = ops.sum(ops.square(ops.cast(real_grads, "float32")), axis=(1, 2, 3))
-        return 0.5 * self.r1_gamma * self.average(sq, self.real_batch)
+    def d_penalty(self, inputs: PenaltyInputs) -> Any:
+        """The sum of the active regularizers' penalties, each ``coefficient(weight)`` x the
+        mean over the reals of its per-example values. Each backend fills ``inputs`` from its
+        full-batch D step's forward pass (``real_grads`` from its own autodiff when
+        :attr:`needs_real_grads`), so no extra augmentation noise is drawn."""
+        total = None
+        for reg, weight in self.regularizers:
+            term = reg.coefficient(weight) * self.average(reg.per_example(inputs),
+                                                          self.real_batch)
+            total = term if total is None else total + term
+        return total
 
     def g_loss(self, d_call: DCall, fake: Any, g_labels: Any) -> Any:
         logits, classes = d_call(fake, g_labels)
