@@ -297,11 +297,12 @@ def test_a_new_report_section_is_one_registration(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValueError, match="already registered"):
         S.register("toy", overall)(lambda s, v: {})
     empty = np.zeros((0, 4))
-    shared = S.Shared(classes=["A", "B"], cache_idx={"A": 0, "B": 3}, seed=0, min_heldout=50,
-                      synth={}, synth_class=np.array([0, 0, 1]), syn_feat=empty,
-                      held_images=empty, held_labels=np.array([3, 3, 0, 5]), held_feat=empty,
-                      train_feat=empty, train_labels=np.array([0, 3, 3]), train_subset={},
-                      subset_images={}, judge=False, judge_info={})
+    shared = S.Shared(classes=["A", "B"], cache_index={"A": 0, "B": 3}, seed=0, min_heldout=50,
+                      synthetic={}, synthetic_class=np.array([0, 0, 1]), synthetic_features=empty,
+                      heldout_images=empty, heldout_labels=np.array([3, 3, 0, 5]),
+                      heldout_features=empty, train_features=empty,
+                      train_labels=np.array([0, 3, 3]), train_subset={}, train_subset_images={},
+                      judge_info={}, judge=None)
     per_class, overall_numbers = S.compute(shared)
     assert per_class["A"] == {"n_synthetic": 2, "n_real_heldout": 1, "n_real_train": 1,
                               "toy": {"n": 2, "held": 1}}
