@@ -59,8 +59,9 @@ class Neighbours:
 @dataclass
 class Shared:
     """Everything the sections read, computed once per evaluation. Fields with a default are
-    each one section's input: left at None only in a Shared built by hand (tests of
-    :func:`~cxraug.evaluation.sections.compute`), where that section asserts they are set."""
+    each one section's input: evaluate sets them all (``judge`` stays None without a judge); a
+    Shared built by hand to test :func:`~cxraug.evaluation.sections.compute` may leave them out,
+    and the section that needs one asserts it is set."""
 
     classes: list[str]  # evaluated class names: the generator's classes in the cache, its order
     cache_index: dict[str, int]  # class name -> its index in the cache (the labels' values)
