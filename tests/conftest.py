@@ -17,6 +17,15 @@ _DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "nih-sample"
 TRAINING_FIXTURES = frozenset({"smoke_run", "smoke_onnx", "classifier_dir"})
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """glibc keeps freed heap in this session and in every process it starts (tests/helpers.py
+    ``keep_freed_heap``): TensorFlow's steps fault 8x fewer pages, CPU the suite's two cores
+    share with its background JAX processes (benchmarks/malloc.py)."""
+    from helpers import keep_freed_heap
+
+    keep_freed_heap()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
