@@ -114,7 +114,7 @@ def main() -> int:
     hot[np.arange(n), np.arange(n) % len(gen.class_names)] = 1
     labels = hot if gen.label_mode == "multi-hot" else np.arange(n) % len(gen.class_names)
     raw = gen.generate(latents(0, 0, range(n), gen.latent_dim), labels)
-    from cxraug.copy_reference import one_blas_thread
+    from cxraug.blas import one_blas_thread
 
     resize_to_uint8(raw[0], args.size)  # the Lanczos matrices are built once per size
     float64_way(raw[0], args.size)

@@ -48,7 +48,7 @@ from .near_copy import (
 
 #: What this module gives its callers from :mod:`cxraug.near_copy` (the same objects).
 __all__ = ["FORMAT", "SUFFIX", "THUMB", "DEFAULT_PERCENTILE", "CopyCheck", "TrainReference",
-           "box_average", "one_blas_thread", "reference_path", "standardize", "thumbnails_u8",
+           "box_average", "reference_path", "standardize", "thumbnails_u8",
            "write_reference"]
 
 FORMAT = "cxraug-train-reference-1"

@@ -414,7 +414,7 @@ def _options_record(o: AugmentOptions, view: str) -> dict[str, Any]:
 def _generate(job: Job, batch_size: int, workers: int, progress: bool, skipped: int) -> None:
     """Inference on this thread, PNG encoding and storing on the writer threads. Batches run
     across class boundaries, so every batch is full whatever the per-class counts."""
-    from ..copy_reference import one_blas_thread
+    from ..blas import one_blas_thread
 
     spec, state = job.spec, job.state
     gen, targets, filters = spec.gen, spec.targets, spec.filters
